@@ -1,0 +1,40 @@
+/* sl_cgroup.h - one cgroup per sandbox on cgroup v2, v1, or a v1/v2 hybrid.
+ *
+ * Detects the layout once (sl_cgroup_detect): pure v2 (/sys/fs/cgroup is
+ * cgroup2), hybrid (v1 controllers plus cgroup2 at /sys/fs/cgroup/unified),
+ * or v1 only. Sandboxes are created below the runner's own cgroup in each
+ * hierarchy (read from /proc/self/cgroup) under "sandlot/<id>", so their usage
+ * is accounted to whoever runs the runner. Killing uses cgroup.kill where the
+ * kernel has it (v2, 5.14+), else freezer + SIGKILL of every member.
+ */
+#ifndef SL_CGROUP_H
+#define SL_CGROUP_H
+
+#include <sys/types.h>
+
+enum sl_cg_mode { SL_CG_NONE = 0, SL_CG_V1 = 1, SL_CG_V2 = 2, SL_CG_HYBRID = 3 };
+
+#define SL_CG_MAX_PATHS 6
+
+typedef struct sl_cgroup {
+    int n;                              /* number of directories created */
+    char *paths[SL_CG_MAX_PATHS];       /* absolute cgroup dirs (malloc'd) */
+    int v2_index;                       /* index of the cgroup2 dir in paths, or -1 */
+    int freezer_index;                  /* index of the v1 freezer dir, or -1 */
+} sl_cgroup;
+
+/* Detect the host layout; cached after the first call. */
+enum sl_cg_mode sl_cgroup_detect(void);
+const char *sl_cgroup_mode_name(enum sl_cg_mode m); /* "v1" "v2" "hybrid" "none" */
+
+/* Create the cgroup dirs for sandbox id. Returns 0 or -errno. With no usable
+ * hierarchy returns 0 with cg->n == 0 (the pid namespace still kills all). */
+int sl_cgroup_create(sl_cgroup *cg, const char *id);
+/* Move pid into every dir of cg. */
+int sl_cgroup_attach(const sl_cgroup *cg, pid_t pid);
+/* Kill every process in cg. */
+void sl_cgroup_kill(const sl_cgroup *cg);
+/* rmdir every dir (retrying briefly while the kernel drains) and free paths. */
+void sl_cgroup_destroy(sl_cgroup *cg);
+
+#endif

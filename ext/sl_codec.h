@@ -1,0 +1,31 @@
+/* sl_codec.h - Python objects <-> msgpack (msgpack-c), for ext/.
+ *
+ * Owned by ext/codec.c. Everything decoded goes through sl_mp_check()
+ * (csrc/codec/sl_mpcheck.h) before msgpack-c allocates.
+ *
+ * Supported: None, bool, int (ext type 1 = two's-complement little-endian
+ * bytes for ints outside [-2**63, 2**64)), float, str, bytes, bytearray,
+ * memoryview (as bin), list, tuple (as array), dict. Decoding gives list for
+ * arrays. See python/sandlot/_core.pyi for the user-visible contract.
+ */
+#ifndef SL_CODEC_H
+#define SL_CODEC_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <msgpack.h>
+
+#define SL_EXT_BIGINT 1
+
+/* Append the encoding of obj to out. Returns 0, or -1 with a Python exception
+ * set (TypeError naming the type and where it was, ValueError for depth). */
+int sl_py_pack(PyObject *obj, msgpack_sbuffer *out);
+
+/* Decode exactly one object from buf after checking it against the limits.
+ * Returns a new reference, or NULL with ValueError set. */
+PyObject *sl_py_unpack(const char *buf, size_t len, size_t max_size, unsigned max_depth);
+
+/* packb/unpackb for the module's method table (NULL-terminated). */
+extern PyMethodDef sl_codec_methods[];
+
+#endif
