@@ -7,6 +7,12 @@
  * element needs at least one byte), nesting deeper than a limit, and input
  * larger than a limit. Only input that passes is handed to msgpack_unpack*.
  *
+ * Note: msgpack-c's C unpacker (libmsgpackc 4.0.0 as built by Debian) has a
+ * fixed internal stack of MSGPACK_EMBED_STACK_SIZE = 32 and fails with
+ * MSGPACK_UNPACK_NOMEM_ERROR on the 33rd nested container. Callers that hand
+ * checked input to msgpack_unpack_next() must use max_depth <= 32; ext/codec.c
+ * decodes on its own and supports the full SL_MAX_DEPTH.
+ *
  * Shared by the client extension (ext/) and the runner (csrc/runner).
  */
 #ifndef SL_MPCHECK_H
@@ -15,8 +21,9 @@
 #include <stddef.h>
 
 typedef struct sl_mp_limits {
-    size_t max_size;  /* total input bytes */
-    unsigned max_depth; /* 1 = scalars and one level of containers */
+    size_t max_size;    /* total input bytes */
+    unsigned max_depth; /* 0 = scalars only, 1 = one level of containers, ...
+                           (capped internally at 1024) */
 } sl_mp_limits;
 
 /* Fills in SL_MAX_BODY / SL_MAX_DEPTH. */

@@ -1,0 +1,92 @@
+"""Sandbox start-up latency: sandlot vs raw bubblewrap, side by side in one run.
+
+sandlot round: Sandbox.create() -> exec("true") -> wait -> terminate, through the
+public Python API against the local runner (created on demand).
+bwrap round: `bwrap --unshare-all --die-with-parent --ro-bind / / --proc /proc
+--dev /dev --tmpfs /tmp true`, the floor for "new namespaces + run a process".
+
+Usage: python bench/sandbox_latency.py [--rounds 200] [--json]
+Prints p50/p99 for both and the ratio sandlot_p50 / bwrap_p50 (target: <= 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import time
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    k = max(0, min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1)))))
+    return xs[k]
+
+
+def bench_sandlot(rounds: int) -> list[float]:
+    import sandlot
+
+    # Warm up: start the runner and the connection.
+    with sandlot.Sandbox.create() as sb:
+        sb.exec(["true"]).wait()
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        sb = sandlot.Sandbox.create()
+        rc = sb.exec(["true"]).wait()
+        sb.terminate()
+        out.append(time.perf_counter() - t0)
+        assert rc == 0, rc
+    return out
+
+
+def bench_bwrap(rounds: int) -> list[float]:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SystemExit("bwrap not found: apt-get install bubblewrap")
+    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+           "--dev", "/dev", "--tmpfs", "/tmp", "true"]
+    subprocess.run(cmd, check=True)
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    # Interleave in blocks so machine noise hits both sides alike.
+    s, b = [], []
+    block = max(1, args.rounds // 10)
+    while len(s) < args.rounds:
+        n = min(block, args.rounds - len(s))
+        s += bench_sandlot(n)
+        b += bench_bwrap(n)
+    res = {
+        "rounds": args.rounds,
+        "sandlot_p50_ms": pct(s, 50) * 1e3,
+        "sandlot_p99_ms": pct(s, 99) * 1e3,
+        "sandlot_mean_ms": statistics.mean(s) * 1e3,
+        "bwrap_p50_ms": pct(b, 50) * 1e3,
+        "bwrap_p99_ms": pct(b, 99) * 1e3,
+        "bwrap_mean_ms": statistics.mean(b) * 1e3,
+    }
+    res["ratio_p50"] = res["sandlot_p50_ms"] / res["bwrap_p50_ms"]
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"sandbox latency, {args.rounds} rounds (create -> exec true -> wait -> terminate)")
+    print(f"  sandlot  p50 {res['sandlot_p50_ms']:7.2f} ms   p99 {res['sandlot_p99_ms']:7.2f} ms")
+    print(f"  bwrap    p50 {res['bwrap_p50_ms']:7.2f} ms   p99 {res['bwrap_p99_ms']:7.2f} ms")
+    print(f"  ratio sandlot/bwrap p50: {res['ratio_p50']:.2f}x (target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
