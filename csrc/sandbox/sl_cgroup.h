@@ -17,10 +17,10 @@ enum sl_cg_mode { SL_CG_NONE = 0, SL_CG_V1 = 1, SL_CG_V2 = 2, SL_CG_HYBRID = 3 }
 #define SL_CG_MAX_PATHS 6
 
 typedef struct sl_cgroup {
-    int n;                              /* number of directories created */
-    char *paths[SL_CG_MAX_PATHS];       /* absolute cgroup dirs (malloc'd) */
-    int v2_index;                       /* index of the cgroup2 dir in paths, or -1 */
-    int freezer_index;                  /* index of the v1 freezer dir, or -1 */
+    int n;                        /* number of directories created */
+    char *paths[SL_CG_MAX_PATHS]; /* absolute cgroup dirs (malloc'd) */
+    int v2_index;                 /* index of the cgroup2 dir in paths, or -1 */
+    int freezer_index;            /* index of the v1 freezer dir, or -1 */
 } sl_cgroup;
 
 /* Detect the host layout; cached after the first call. */

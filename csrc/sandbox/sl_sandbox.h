@@ -1,11 +1,13 @@
 /* sl_sandbox.h - create one sandbox: namespaces, overlay root, cgroup, init.
  *
  * Used by sandlotd. sl_sandbox_spawn() clone()s a child in new PID, mount,
- * network, IPC and UTS namespaces (and a user namespace when not root), joins
+ * network, IPC and UTS namespaces (a user namespace for rootless runners is
+ * planned: see the CLONE_NEWUSER note in sl_sandbox.c), joins
  * it to the sandbox's cgroup, builds the root:
  *   overlayfs(lower = rootfs, upper = <dir>/upper, work = <dir>/work) at
  *   <dir>/root, then /proc, a minimal /dev, read-only /sys, fresh tmpfs on
  *   /tmp /run /var/tmp /dev/shm, tmpfs over every mask path, bind mounts,
+ *   then a new cgroup namespace,
  * pivot_root()s into it, brings up `lo`, and execs sandlot-init from a sealed
  * memfd (so /proc/1/exe cannot be used to overwrite the host binary,
  * CVE-2019-5736) as pid 1 with the control channel on fd 3.
@@ -25,20 +27,28 @@ typedef struct sl_bind {
 } sl_bind;
 
 typedef struct sl_sandbox_config {
-    const char *id;          /* "sb-..." used for hostname and cgroup name */
-    const char *rootfs;      /* lower layer: "/" for the host image */
-    const char *dir;         /* per-sandbox dir owned by the runner (upper/, work/, root/) */
-    int init_memfd;          /* sealed memfd holding sandlot-init (sl_sandbox_load_init) */
-    const sl_bind *binds;    /* volumes etc. */
+    const char *id;       /* "sb-..." used for hostname and cgroup name */
+    const char *rootfs;   /* lower layer: "/" for the host image */
+    const char *dir;      /* per-sandbox dir owned by the runner (upper/, work/, root/) */
+    int init_memfd;       /* sealed memfd holding sandlot-init (sl_sandbox_load_init) */
+    const sl_bind *binds; /* volumes etc. */
     size_t n_binds;
-    const char *const *masks; /* host paths hidden behind an empty tmpfs if present in the root */
+    const char *const *masks; /* paths hidden behind an empty read-only tmpfs (a dir) or
+                                 /dev/null (a file) if present in the root; containerd's
+                                 defaults (/proc/kcore, /sys/firmware, ...) are always
+                                 masked and /proc/sys, /proc/sysrq-trigger, /proc/bus,
+                                 /proc/fs, /proc/irq always read-only. Give canonical
+                                 paths: one with a symlink in it fails the spawn */
     size_t n_masks;
 } sl_sandbox_config;
 
 typedef struct sl_sandbox {
-    pid_t init_pid;  /* host pid of sandlot-init (a child of the caller) */
-    int ctl_fd;      /* runner end of the control channel, O_CLOEXEC|O_NONBLOCK */
-    sl_cgroup cg;    /* the sandbox's cgroup(s) */
+    pid_t init_pid; /* host pid of sandlot-init (a child of the caller) */
+    int ctl_fd;     /* runner end of the control channel, O_CLOEXEC|O_NONBLOCK */
+    int pidfd;      /* pidfd of init (O_CLOEXEC; readable once init exited), or -1 on
+                       kernels without clone3; kill goes through it so a reused pid
+                       is never hit. Only meaningful while init_pid > 0 */
+    sl_cgroup cg;   /* the sandbox's cgroup(s) */
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at
@@ -47,8 +57,13 @@ int sl_sandbox_load_init(const char *path);
 
 /* Create a sandbox. Returns 0, filling *out, once init is running (it sends
  * SL_CTL_READY on the channel when its setup is complete), or -errno with a
- * human message ("overlay mount on /var/lib/sandlot/...: Invalid argument") in
- * errbuf. On failure nothing is left behind (child killed, cgroup removed). */
+ * human message ("mount overlay on /var/lib/sandlot/...: Invalid argument") in
+ * errbuf. On failure nothing is left behind (child killed and reaped here,
+ * cgroup removed; the per-sandbox dir and what the child created in it,
+ * upper/ work/ root/, stay for the caller's sl_rm_rf). Blocks for at most
+ * 10 s (normally a few ms). cfg->dir must exist; cfg->id must be 1-63 chars of
+ * [A-Za-z0-9_.-]; cfg->rootfs and cfg->dir must be absolute and free of ','
+ * and ':' (overlayfs option syntax). */
 int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf, size_t errlen);
 
 /* Kill every process of the sandbox (cgroup kill / freeze+kill, then SIGKILL
@@ -56,11 +71,14 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
  * SIGCHLD handling does. */
 void sl_sandbox_kill(sl_sandbox *sb);
 
-/* After init was reaped: remove the cgroup(s), close ctl_fd. The per-sandbox
- * dir is removed by the caller (sl_rm_rf). */
+/* After init was reaped: remove the cgroup(s), close ctl_fd and pidfd. The
+ * per-sandbox dir is removed by the caller (sl_rm_rf). Safe to call twice. */
 void sl_sandbox_release(sl_sandbox *sb);
 
-/* rm -rf that never follows symlinks and never crosses mount points. */
+/* rm -rf that never follows symlinks and never crosses mount points (a mount
+ * point and what is below it are left in place). Depth is unbounded and the
+ * fd use constant. Returns 0 (also when path does not exist) or the first
+ * -errno met; removal continues past errors. */
 int sl_rm_rf(const char *path);
 
 #endif

@@ -1,0 +1,408 @@
+/* sl_cgroup.c - one cgroup per sandbox on cgroup v2, v1, or a v1/v2 hybrid.
+ *
+ * The layout (which hierarchies exist, where they are mounted, where the
+ * runner itself sits in each) is read once from /proc/self/mountinfo and
+ * /proc/self/cgroup and cached. Sandboxes then live at
+ *   <mount point><runner's own cgroup>/sandlot/<id>
+ * in every hierarchy we use: the cgroup2 tree (for cgroup.kill and, on pure v2
+ * hosts, all controllers) and the v1 memory, pids, cpu and freezer controllers.
+ * Working out mount points from mountinfo (instead of assuming
+ * /sys/fs/cgroup/<name>) keeps this right inside containers, where the mount
+ * root is the container's cgroup and /proc/self/cgroup shows the full path.
+ */
+#include "sl_cgroup.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The v1 controllers a sandbox is placed in. memory, pids and cpu carry the
+ * limits (a later issue); freezer is the kill fallback without cgroup.kill. */
+static const char *const v1_controllers[] = {"memory", "pids", "cpu", "freezer"};
+
+typedef struct cg_base {
+    char dir[PATH_MAX]; /* ".../<runner's cgroup>/sandlot" */
+    int is_v2;
+    int is_freezer;
+} cg_base;
+
+static struct {
+    enum sl_cg_mode mode;
+    int n;
+    cg_base base[SL_CG_MAX_PATHS];
+} layout;
+static pthread_once_t layout_once = PTHREAD_ONCE_INIT;
+
+/* Undo mountinfo's octal escapes (\040 for a space) in place. */
+static void unescape(char *s)
+{
+    char *w = s;
+
+    for (char *r = s; *r;) {
+        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
+            r[3] >= '0' && r[3] <= '7') {
+            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+            r += 4;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+}
+
+/* Is word one of the comma-separated items of list? */
+static int has_item(const char *list, const char *word)
+{
+    size_t wl = strlen(word);
+
+    for (const char *p = list; p && *p;) {
+        const char *c = strchr(p, ',');
+        size_t l = c ? (size_t)(c - p) : strlen(p);
+
+        if (l == wl && memcmp(p, word, wl) == 0)
+            return 1;
+        p = c ? c + 1 : NULL;
+    }
+    return 0;
+}
+
+/* The runner's own path in one hierarchy from /proc/self/cgroup: the v2 line
+ * ("0::/path") when ctrl is NULL, else the v1 line listing ctrl. */
+static int own_path(const char *ctrl, char *out, size_t outlen)
+{
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    char line[PATH_MAX + 256];
+    int found = 0;
+
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *c1 = strchr(line, ':'), *c2, *nl;
+
+        if (!c1 || !(c2 = strchr(c1 + 1, ':')))
+            continue;
+        *c1 = *c2 = '\0';
+        if ((nl = strchr(c2 + 1, '\n')))
+            *nl = '\0';
+        if (ctrl ? has_item(c1 + 1, ctrl) : (strcmp(line, "0") == 0 && c1[1] == '\0')) {
+            found = snprintf(out, outlen, "%s", c2 + 1) < (int)outlen;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Add <mnt>/<cgpath relative to root>/sandlot as a base dir. */
+static void add_base(const char *mnt, const char *root, const char *cgpath, int is_v2,
+                     int is_freezer)
+{
+    size_t rl = strlen(root);
+    const char *rel;
+    cg_base *b;
+
+    if (layout.n >= SL_CG_MAX_PATHS)
+        return;
+    /* The mount shows the subtree at root; the runner must be inside it. */
+    if (strcmp(root, "/") == 0)
+        rel = cgpath;
+    else if (strncmp(cgpath, root, rl) == 0 && (cgpath[rl] == '/' || cgpath[rl] == '\0'))
+        rel = cgpath + rl;
+    else
+        return;
+    while (*rel == '/')
+        rel++;
+    b = &layout.base[layout.n];
+    if (snprintf(b->dir, sizeof(b->dir), "%s/%s%ssandlot", mnt, rel, *rel ? "/" : "") >=
+        (int)sizeof(b->dir))
+        return;
+    b->is_v2 = is_v2;
+    b->is_freezer = is_freezer;
+    layout.n++;
+}
+
+static void detect_layout(void)
+{
+    int used[(sizeof(v1_controllers) / sizeof(v1_controllers[0]))] = {0};
+    int have_v1 = 0, have_v2 = 0;
+    char line[2 * PATH_MAX], cgpath[PATH_MAX];
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+
+    layout.mode = SL_CG_NONE;
+    layout.n = 0;
+    if (!f)
+        return;
+    while (fgets(line, sizeof(line), f)) {
+        /* id parent maj:min root mountpoint opts [optional...] - fstype source superopts */
+        char *fields[6], *sep, *fstype, *super, *save = NULL;
+        int i = 0;
+
+        if (!(sep = strstr(line, " - ")))
+            continue;
+        *sep = '\0';
+        fstype = strtok_r(sep + 3, " \n", &save);
+        (void)strtok_r(NULL, " \n", &save); /* source */
+        super = strtok_r(NULL, " \n", &save);
+        if (!fstype || !super)
+            continue;
+        save = NULL;
+        for (char *t = strtok_r(line, " ", &save); t && i < 6; t = strtok_r(NULL, " ", &save))
+            fields[i++] = t;
+        if (i < 5)
+            continue;
+        unescape(fields[3]);
+        unescape(fields[4]);
+        if (strcmp(fstype, "cgroup2") == 0) {
+            if (have_v2)
+                continue;
+            have_v2 = 1;
+            if (own_path(NULL, cgpath, sizeof(cgpath)))
+                add_base(fields[4], fields[3], cgpath, 1, 0);
+        } else if (strcmp(fstype, "cgroup") == 0) {
+            for (size_t c = 0; c < (sizeof(v1_controllers) / sizeof(v1_controllers[0])); c++) {
+                if (used[c] || !has_item(super, v1_controllers[c]))
+                    continue;
+                have_v1 = 1;
+                used[c] = 1;
+                if (own_path(v1_controllers[c], cgpath, sizeof(cgpath)))
+                    add_base(fields[4], fields[3], cgpath, 0,
+                             strcmp(v1_controllers[c], "freezer") == 0);
+                /* cpu and cpuacct, or several controllers, can share one
+                 * hierarchy: one directory covers them all. */
+                break;
+            }
+        }
+    }
+    fclose(f);
+    if (have_v2 && have_v1)
+        layout.mode = SL_CG_HYBRID;
+    else if (have_v2)
+        layout.mode = SL_CG_V2;
+    else if (have_v1)
+        layout.mode = SL_CG_V1;
+}
+
+enum sl_cg_mode sl_cgroup_detect(void)
+{
+    pthread_once(&layout_once, detect_layout);
+    return layout.mode;
+}
+
+const char *sl_cgroup_mode_name(enum sl_cg_mode m)
+{
+    switch (m) {
+    case SL_CG_V1:
+        return "v1";
+    case SL_CG_V2:
+        return "v2";
+    case SL_CG_HYBRID:
+        return "hybrid";
+    default:
+        return "none";
+    }
+}
+
+/* Write a short string to dir/file. Returns 0 or -errno. */
+static int write_file(const char *dir, const char *file, const char *val)
+{
+    char path[PATH_MAX];
+    size_t len = strlen(val);
+    ssize_t n;
+    int fd, err = 0;
+
+    if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int)sizeof(path))
+        return -ENAMETOOLONG;
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    do
+        n = write(fd, val, len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        err = -errno;
+    else if ((size_t)n != len)
+        err = -EIO;
+    close(fd);
+    return err;
+}
+
+static int valid_id(const char *id)
+{
+    size_t l = id ? strlen(id) : 0;
+
+    if (l == 0 || l > 64 || strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
+        return 0;
+    for (size_t i = 0; i < l; i++)
+        if (id[i] == '/' || id[i] == '\n' || id[i] == '\0')
+            return 0;
+    return 1;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+int sl_cgroup_create(sl_cgroup *cg, const char *id)
+{
+    char path[PATH_MAX];
+
+    if (!cg)
+        return -EINVAL;
+    memset(cg, 0, sizeof(*cg));
+    cg->v2_index = cg->freezer_index = -1;
+    if (!valid_id(id))
+        return -EINVAL;
+    sl_cgroup_detect();
+    for (int i = 0; i < layout.n; i++) {
+        const cg_base *b = &layout.base[i];
+
+        /* The "sandlot" parent is shared by all sandboxes and kept. A
+         * hierarchy we may not write to (read-only cgroupfs in a container,
+         * delegation missing) is skipped rather than failing every spawn: the
+         * pid namespace still contains and kills the sandbox. */
+        if (mkdir(b->dir, 0755) < 0 && errno != EEXIST) {
+            if (errno == EACCES || errno == EPERM || errno == EROFS)
+                continue;
+            goto fail;
+        }
+        if (snprintf(path, sizeof(path), "%s/%s", b->dir, id) >= (int)sizeof(path)) {
+            errno = ENAMETOOLONG;
+            goto fail;
+        }
+        if (mkdir(path, 0755) < 0) {
+            /* Ids are random, so an existing dir is a leftover of a runner that
+             * crashed; it is empty unless its processes are still alive. */
+            if (errno != EEXIST || rmdir(path) < 0 || mkdir(path, 0755) < 0)
+                goto fail;
+        }
+        cg->paths[cg->n] = strdup(path);
+        if (!cg->paths[cg->n]) {
+            rmdir(path);
+            errno = ENOMEM;
+            goto fail;
+        }
+        if (b->is_v2)
+            cg->v2_index = cg->n;
+        if (b->is_freezer)
+            cg->freezer_index = cg->n;
+        cg->n++;
+        /* Resource limits (memory.max / memory.limit_in_bytes, pids.max,
+         * cpu.max / cpu.cfs_quota_us) go here in a later issue. On pure v2 they
+         * also need "+memory +pids +cpu" in sandlot/cgroup.subtree_control. */
+    }
+    return 0;
+fail : {
+    int err = -errno;
+
+    sl_cgroup_destroy(cg);
+    return err;
+}
+}
+
+int sl_cgroup_attach(const sl_cgroup *cg, pid_t pid)
+{
+    char buf[32];
+
+    if (!cg || pid <= 0)
+        return -EINVAL;
+    snprintf(buf, sizeof(buf), "%d", (int)pid);
+    for (int i = 0; i < cg->n; i++) {
+        int err = write_file(cg->paths[i], "cgroup.procs", buf);
+
+        if (err < 0)
+            return err;
+    }
+    return 0;
+}
+
+/* SIGKILL every pid listed in dir/cgroup.procs; returns how many were listed. */
+static int kill_listed(const char *dir)
+{
+    char path[PATH_MAX], line[32];
+    int count = 0;
+    FILE *f;
+
+    if (snprintf(path, sizeof(path), "%s/cgroup.procs", dir) >= (int)sizeof(path))
+        return 0;
+    f = fopen(path, "re");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f)) {
+        long pid = strtol(line, NULL, 10);
+
+        if (pid > 0) {
+            kill((pid_t)pid, SIGKILL);
+            count++;
+        }
+    }
+    fclose(f);
+    return count;
+}
+
+void sl_cgroup_kill(const sl_cgroup *cg)
+{
+    if (!cg || cg->n == 0)
+        return;
+    /* cgroup.kill (v2, Linux 5.14+) kills atomically, forks included. */
+    if (cg->v2_index >= 0 && write_file(cg->paths[cg->v2_index], "cgroup.kill", "1") == 0)
+        return;
+    if (cg->freezer_index >= 0) {
+        const char *dir = cg->paths[cg->freezer_index];
+
+        /* Freeze first so nothing can fork while we walk the member list;
+         * SIGKILL is delivered to frozen tasks as soon as they are thawed. */
+        if (write_file(dir, "freezer.state", "FROZEN") == 0) {
+            for (int i = 0; i < 50; i++) {
+                char path[PATH_MAX], state[16] = "";
+                FILE *f;
+
+                snprintf(path, sizeof(path), "%s/freezer.state", dir);
+                f = fopen(path, "re");
+                if (f) {
+                    if (!fgets(state, sizeof(state), f))
+                        state[0] = '\0';
+                    fclose(f);
+                }
+                if (strncmp(state, "FROZEN", 6) == 0)
+                    break;
+                sleep_ms(1);
+            }
+        }
+        kill_listed(dir);
+        write_file(dir, "freezer.state", "THAWED");
+        return;
+    }
+    /* No way to stop forks: repeat until the list stays empty (bounded). */
+    for (int i = 0; i < 10 && kill_listed(cg->paths[0]) > 0; i++) {
+    }
+}
+
+void sl_cgroup_destroy(sl_cgroup *cg)
+{
+    if (!cg)
+        return;
+    for (int i = cg->n - 1; i >= 0; i--) {
+        /* EBUSY while the last members finish exiting; give the kernel up to
+         * ~100 ms per directory, then leave it (a later run removes it). */
+        for (int tries = 0; cg->paths[i] && rmdir(cg->paths[i]) < 0 && errno == EBUSY; tries++) {
+            if (tries >= 50)
+                break;
+            sleep_ms(tries < 10 ? 1 : 2);
+        }
+        free(cg->paths[i]);
+        cg->paths[i] = NULL;
+    }
+    cg->n = 0;
+    cg->v2_index = cg->freezer_index = -1;
+}
