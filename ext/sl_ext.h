@@ -1,0 +1,49 @@
+/* sl_ext.h - module state and declarations shared by ext/module.c, ext/opref.c
+ * and ext/client.c (the CPython side of sandlot._core).
+ *
+ * Everything Python-specific lives in ext/; csrc/transport knows nothing of
+ * the interpreter. Per-interpreter things (types, the error mapper, cached
+ * imports, per-event-loop wakers) are module state; process-wide things (the
+ * I/O thread, the callback dispatcher thread) are C globals, because there is
+ * one of each per process whatever the number of module objects.
+ */
+#ifndef SL_EXT_H
+#define SL_EXT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "sl_transport.h"
+
+typedef struct sl_modstate {
+    PyTypeObject *ref_type;     /* OperationRef */
+    PyTypeObject *client_type;  /* Client */
+    PyTypeObject *waker_type;   /* _LoopWaker: one wake-up fd per asyncio loop */
+    PyObject *error_mapper;     /* set_error_mapper(fn), or NULL */
+    PyObject *cancelled_error;  /* concurrent.futures.CancelledError, imported lazily */
+    PyObject *get_running_loop; /* asyncio.get_running_loop, imported lazily */
+    PyObject *wakers;           /* weakref.WeakKeyDictionary: loop -> _LoopWaker, lazily */
+} sl_modstate;
+
+/* module.c */
+sl_modstate *sl_modstate_of_type(PyTypeObject *tp);
+/* Import module `mod` and return a new reference to its attribute `attr`. */
+PyObject *sl_import_attr(const char *mod, const char *attr);
+/* Take the raised exception as a normalised instance (new reference, with its
+ * traceback attached); NULL if none is set. */
+PyObject *sl_exc_fetch(void);
+/* Raise exc (an exception instance; borrowed). Always returns NULL. */
+PyObject *sl_exc_raise(PyObject *exc);
+
+/* opref.c */
+int sl_opref_add_types(PyObject *module, sl_modstate *st);
+/* A new OperationRef for a request that is about to be submitted. Steals
+ * the caller's reference to req, even on failure. transform may be NULL. */
+PyObject *sl_opref_new(sl_modstate *st, sl_req *req, PyObject *transform);
+/* Stop the done-callback dispatcher thread (interpreter exit; GIL held). */
+void sl_opref_shutdown(void);
+
+/* client.c */
+int sl_client_add_type(PyObject *module, sl_modstate *st);
+
+#endif
