@@ -1,0 +1,331 @@
+/* sl_runner.h - sandlotd's shared state and the interfaces between its files.
+ *
+ * One event loop owns everything below; nothing here is thread-safe and
+ * nothing needs to be. Life of a sandbox (sl_box):
+ *   create -> running -> (entry exit | timeout | terminate | init died)
+ *   -> killed -> init reaped (finalised: every process has an exit code, every
+ *   held request answered, cgroup released, per-sandbox dir removed)
+ *   -> kept for output reads until terminate or SL_RETENTION -> freed.
+ * Terminate hides the record at once (later calls get 404) and frees it when
+ * init has been reaped.
+ */
+#ifndef SL_RUNNER_H
+#define SL_RUNNER_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <msgpack.h>
+
+#include "sl_msg.h"
+#include "sl_sandbox.h"
+
+#define SL_OUTPUT_KEEP ((size_t)8 << 20)        /* bytes kept per stream */
+#define SL_OUTPUT_DEFAULT_MAX ((size_t)1 << 20) /* default max_bytes of an output read */
+#define SL_OUTPUT_MAX ((size_t)64 << 20)        /* largest max_bytes honoured */
+#define SL_POLL_CAP 30.0                        /* long-poll cap, seconds */
+#define SL_FILE_MAX ((size_t)64 << 20)          /* files/read limit */
+#define SL_STDIN_MAX ((size_t)64 << 20)         /* stdin bytes buffered per process */
+#define SL_RETENTION 600.0                      /* default: keep ended sandboxes this long */
+#define SL_MAX_PROCS 4096                       /* processes per sandbox, ever */
+#define SL_TIMEOUT_DEFAULT 300.0
+#define SL_TIMEOUT_MAX 86400.0
+#define SL_ID_LEN 19 /* "sb-" + 16 hex */
+
+struct sl_runner;
+struct sl_box;
+struct sl_proc;
+struct sl_hold;
+
+/* ---- held (long-poll) requests: http.c ---- */
+
+typedef void (*sl_hold_fn)(struct sl_hold *h);
+
+/* An HTTP request answered later. It sits on one owner list (a sandbox's
+ * waiters, a stream's readers, ...) and on the runner's list of every hold,
+ * which is how a closing client connection finds the holds it must drop. */
+typedef struct sl_hold {
+    struct sl_runner *rt;
+    struct evhttp_request *req;
+    struct evhttp_connection *conn;
+    struct event *timer;           /* NULL: no timeout */
+    struct event *watch;           /* client socket readable: it hung up */
+    struct sl_hold *gprev, *gnext; /* rt->holds */
+    struct sl_hold *prev, *next;   /* owner list */
+    struct sl_hold **head;         /* owner list head */
+    sl_hold_fn on_timeout;         /* must answer the hold */
+    void *obj;                     /* what it waits on (owner-defined) */
+    int stream;                    /* output: 0 stdout, 1 stderr */
+    uint64_t offset;               /* output: requested offset */
+    size_t max_bytes;              /* output: limit */
+} sl_hold;
+
+/* A request while its handler runs. Handlers answer it (sl_reply*), or turn it
+ * into a hold (sl_hold_new); either clears r->ev. */
+typedef struct sl_req {
+    struct sl_runner *rt;
+    struct evhttp_request *ev;
+    const msgpack_object *body; /* always a map (empty body = {}) */
+    const char *p[2];           /* path parameters ({id}, {n} / {name}) */
+} sl_req;
+
+typedef void (*sl_handler)(sl_req *r);
+
+/* ---- per process output: output.c ---- */
+
+typedef struct sl_stream {
+    int fd;               /* read end of the pipe, -1 once closed */
+    struct event *ev;     /* read event while fd is open */
+    struct evbuffer *buf; /* the newest <= SL_OUTPUT_KEEP bytes */
+    uint64_t base;        /* absolute offset of buf's first byte */
+    int eof;
+    sl_hold *readers; /* held output requests */
+} sl_stream;
+
+enum sl_pstate { SL_P_STARTING = 0, SL_P_RUNNING = 1, SL_P_EXITED = 2 };
+
+typedef struct sl_proc {
+    uint32_t id; /* 0 = entry command */
+    struct sl_box *box;
+    char **cmd;
+    size_t ncmd;
+    enum sl_pstate state;
+    int exit_code; /* valid once SL_P_EXITED */
+    pid_t pid;     /* pid inside the sandbox, 0 before STARTED */
+    sl_stream out[2];
+    int in_fd;               /* write end of stdin, -1 once closed */
+    struct event *in_ev;     /* write event while data is pending */
+    struct evbuffer *in_buf; /* stdin bytes not yet accepted by the pipe */
+    int in_close_requested;  /* close in_fd once in_buf drains */
+    sl_hold *start;          /* create/exec waiting for STARTED / SPAWN_FAILED */
+    sl_hold *waiters;        /* procs/{n}/wait */
+} sl_proc;
+
+enum sl_bstatus {
+    SL_B_RUNNING = 0,
+    SL_B_EXITED,
+    SL_B_TIMEOUT,
+    SL_B_TERMINATED,
+    SL_B_FAILED,
+};
+
+typedef struct sl_box {
+    char id[SL_ID_LEN + 1];
+    struct sl_runner *rt;
+    /* configuration as requested (secrets stay out of everything listed) */
+    char **cmd;
+    size_t ncmd;
+    char *image;
+    char *workdir;
+    sl_kv *env;
+    size_t nenv;
+    sl_kv *secrets;
+    size_t nsecrets;
+    sl_kv *volumes; /* k = mount path, v = volume name */
+    size_t nvolumes;
+    double timeout;
+    double created_at;
+    double finished_at; /* 0 while running */
+    char *dir;          /* <state>/sandboxes/<id> */
+    /* the sandbox itself */
+    sl_sandbox sbx;
+    int alive;              /* init not reaped yet */
+    int dir_made;           /* dir exists and must be removed */
+    struct event *ctl_ev;   /* ctl channel readable */
+    unsigned ctl_warnings;  /* bad control messages logged (rate limit) */
+    struct event *timer;    /* timeout while running, then retention */
+    enum sl_bstatus status; /* shown status; RUNNING until finalised */
+    enum sl_bstatus ending; /* why it is ending, once killed */
+    int killed;             /* sl_sandbox_kill called */
+    int finalised;          /* all processes ended, holds answered */
+    int hidden;             /* terminated or failed create: not listed */
+    int has_exit;
+    int exit_code;
+    struct sl_proc **procs; /* index = process id; NULL slots for failed spawns */
+    size_t nprocs;
+    size_t capprocs;
+    sl_hold *waiters;           /* sandbox wait */
+    struct sl_box *hnext;       /* id hash chain */
+    struct sl_box *prev, *next; /* creation order, all boxes */
+} sl_box;
+
+/* ---- background children: jobs.c ---- */
+
+typedef void (*sl_job_done_fn)(struct sl_runner *rt, void *arg, int status, const char *err);
+
+typedef struct sl_job {
+    pid_t pid;
+    int err_fd; /* child's stderr (for cp), -1 if none */
+    struct event *err_ev;
+    char err[1024]; /* first bytes of its stderr */
+    size_t err_len;
+    sl_job_done_fn done; /* NULL for fire-and-forget jobs */
+    void *arg;
+    struct sl_job *next;
+} sl_job;
+
+/* An image registration in flight. */
+typedef struct sl_copy {
+    char name[64];
+    char *tmp; /* <state>/images/.tmp-<name>-<rand> */
+    sl_hold *hold;
+    struct sl_copy *next;
+} sl_copy;
+
+#define SL_HASH_BUCKETS 256
+
+typedef struct sl_listener {
+    struct sl_runner *rt;
+    int tcp; /* requests need the bearer token */
+} sl_listener;
+
+typedef struct sl_runner {
+    struct event_base *base;
+    struct evhttp *http_unix;
+    struct evhttp *http_tcp;
+    sl_listener l_unix, l_tcp;
+    struct evhttp_bound_socket *bound_unix, *bound_tcp;
+    char *socket_path;
+    char *socket_dir;
+    char *state_dir;
+    char *log_path; /* NULL: stderr */
+    char *log_dir;
+    char *pidfile;
+    char *images_dir;
+    char *volumes_dir;
+    char *sandboxes_dir;
+    int lock_fd; /* flock on <state>/lock: one runner per state dir */
+    char *token; /* TCP bearer token */
+    size_t token_len;
+    int init_memfd;
+    char runner_id[24];
+    double started_at;
+    int shutting_down;
+    size_t max_sandboxes;
+    double retention; /* seconds an ended sandbox stays listed */
+    sl_box *buckets[SL_HASH_BUCKETS];
+    sl_box *first, *last;
+    size_t nvisible; /* listed sandboxes */
+    size_t nalive;   /* sandboxes whose init is not reaped */
+    sl_hold *holds;
+    sl_job *jobs;
+    sl_copy *copies;
+} sl_runner;
+
+/* ---- util.c ---- */
+double sl_now(void);                              /* unix time */
+double sl_mono(void);                             /* monotonic seconds */
+int sl_random_hex(char *out, size_t nhex);        /* nhex hex chars + NUL; 0 or -errno */
+int sl_name_valid(const char *s);                 /* [A-Za-z0-9][A-Za-z0-9_.-]{0,62} */
+char *sl_path_join(const char *a, const char *b); /* NULL on ENOMEM */
+int sl_mkdir_p(const char *path, mode_t mode);    /* 0 or -errno */
+int sl_exit_code(int wait_status);                /* WEXITSTATUS or -WTERMSIG */
+struct timeval sl_tv(double seconds);
+int sl_path_abs_clean(const char *p); /* absolute, no "." / ".." components */
+
+/* ---- http.c ---- */
+int sl_http_start(sl_runner *rt, const char *listen_addr);
+void sl_http_free(sl_runner *rt);
+void sl_reply(sl_req *r, int status, sl_resp *resp);
+void sl_reply_err(sl_req *r, const sl_err *e);
+void sl_reply_error(sl_req *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Hold r on *list; answered by on_timeout after timeout seconds (< 0: never).
+ * Returns NULL after answering r with 500 if memory ran out. */
+sl_hold *sl_hold_new(sl_req *r, sl_hold **list, double timeout, sl_hold_fn on_timeout, void *obj);
+void sl_hold_reply(sl_hold *h, int status, sl_resp *resp);
+void sl_hold_error(sl_hold *h, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- api.c ---- */
+void sl_api_dispatch(sl_req *r, enum evhttp_cmd_type method, const char *path);
+
+/* ---- registry.c ---- */
+sl_box *sl_box_new(sl_runner *rt); /* fresh id, not yet registered */
+void sl_box_free(sl_box *b);
+void sl_reg_add(sl_runner *rt, sl_box *b);
+void sl_reg_hide(sl_runner *rt, sl_box *b); /* id lookups fail from now on */
+void sl_reg_unlink(sl_runner *rt, sl_box *b);
+sl_box *sl_reg_find(sl_runner *rt, const char *id);
+sl_box *sl_reg_find_init(sl_runner *rt, pid_t pid);
+sl_proc *sl_proc_new(sl_box *b); /* next process id; NULL on ENOMEM/limit */
+sl_proc *sl_box_proc(sl_box *b, const char *n);
+void sl_proc_drop(sl_proc *p); /* remove from its box and free */
+void sl_proc_free(sl_proc *p);
+
+/* ---- info.c ---- */
+const char *sl_box_status_name(enum sl_bstatus s);
+void sl_pack_box(sl_resp *r, const sl_box *b);
+void sl_pack_proc(sl_resp *r, const sl_proc *p);
+
+/* ---- lifecycle.c ---- */
+void sl_h_create(sl_req *r);
+void sl_h_list(sl_req *r);
+void sl_h_get(sl_req *r);
+void sl_h_wait(sl_req *r);
+void sl_h_terminate(sl_req *r);
+sl_box *sl_req_box(sl_req *r);                   /* box for r->p[0]; answers 404 and returns NULL */
+void sl_box_end(sl_box *b, enum sl_bstatus why); /* kill; idempotent */
+void sl_box_finalise(sl_box *b);                 /* every process ended, every hold answered */
+void sl_box_entry_started(sl_box *b);
+void sl_box_entry_failed(sl_box *b, const char *msg);
+void sl_box_init_reaped(sl_box *b, int wait_status);
+void sl_lifecycle_shutdown(sl_runner *rt);
+
+/* ---- ctlchan.c ---- */
+int sl_ctl_watch(sl_box *b);  /* start reading the box's control channel */
+void sl_ctl_drain(sl_box *b); /* handle whatever is queued, then stop watching */
+
+/* ---- exec.c ---- */
+/* Send SPAWN for p (pipes, SCM_RIGHTS). The answer arrives on the channel. */
+int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *envp, sl_err *e);
+/* The environment of a process: defaults, the sandbox's env and secrets, then
+ * extra (exec's env). NULL-terminated "K=V"; free with sl_env_free (wipes). */
+char **sl_env_build(const sl_box *b, const sl_kv *extra, size_t nextra);
+void sl_env_free(char **envp);
+void sl_proc_started(sl_proc *p, pid_t pid);
+void sl_proc_spawn_failed(sl_proc *p, int err, const char *what);
+void sl_proc_exited(sl_proc *p, int wait_status);
+void sl_proc_finish(sl_proc *p, int exit_code); /* mark ended, answer waiters */
+void sl_proc_close_stdin(sl_proc *p);
+void sl_h_exec(sl_req *r);
+void sl_h_procs(sl_req *r);
+void sl_h_proc(sl_req *r);
+void sl_h_proc_wait(sl_req *r);
+void sl_h_stdin(sl_req *r);
+void sl_h_signal(sl_req *r);
+
+/* ---- output.c ---- */
+int sl_stream_open(sl_runner *rt, sl_stream *s, int fd);
+void sl_stream_finish(sl_stream *s); /* read what is left, EOF, answer readers */
+void sl_stream_free(sl_stream *s);
+void sl_h_output(sl_req *r);
+
+/* ---- files.c ---- */
+void sl_h_file_read(sl_req *r);
+void sl_h_file_write(sl_req *r);
+
+/* ---- store.c ---- */
+int sl_store_init(sl_runner *rt);
+int sl_store_rootfs(sl_runner *rt, const char *image, char **rootfs, sl_err *e);
+int sl_store_volume(sl_runner *rt, const char *name, char **path, sl_err *e);
+void sl_h_images(sl_req *r);
+void sl_h_image_add(sl_req *r);
+void sl_h_image_delete(sl_req *r);
+void sl_h_volumes(sl_req *r);
+void sl_h_volume_add(sl_req *r);
+void sl_h_volume_delete(sl_req *r);
+void sl_store_shutdown(sl_runner *rt);
+
+/* ---- jobs.c ---- */
+/* Run argv in a child; done(rt, arg, wait_status, stderr_text) when it exits. */
+int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg);
+/* Remove path (sl_rm_rf) in a child so a large tree never stalls the loop. */
+int sl_job_rm(sl_runner *rt, const char *path);
+int sl_jobs_reaped(sl_runner *rt, pid_t pid, int status); /* 1 if pid was a job */
+void sl_jobs_shutdown(sl_runner *rt);                     /* wait for every job */
+
+#endif
