@@ -1,0 +1,235 @@
+"""Session: one connection to a sandlot runner.
+
+A :class:`Session` holds a ``sandlot._core.Client`` (a connection pool served by
+the C I/O thread). Every API call takes an optional ``session=`` keyword; without
+it the process-wide :func:`default_session` is used, which is configured from
+the environment:
+
+* ``SANDLOT_URL`` - ``unix:///path/to/sandlotd.sock`` or ``http://host:port``
+  (a bare absolute path means a unix socket); ``SANDLOT_TOKEN`` - the bearer
+  token a TCP runner wants.
+* neither: the *embedded default*. The client looks for the current user's
+  runner in its runtime directory and, if nothing answers ``GET /v1/health``,
+  starts ``sandlotd`` itself (see ``sandlot._runtime``). That runner outlives
+  the client.
+
+Example:
+    >>> import sandlot
+    >>> s = sandlot.Session("unix:///tmp/no-such-dir/sandlotd.sock")
+    >>> s.base_url
+    'unix:///tmp/no-such-dir/sandlotd.sock'
+    >>> s.embedded
+    False
+    >>> s.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from . import _core, errors
+from ._aio import Blocking, Op, op
+from ._runtime import RuntimePaths, runtime_paths, start_runner
+
+__all__ = ["Session", "default_session"]
+
+log = logging.getLogger("sandlot")
+
+#: Slack added to a long-poll's own timeout for the HTTP request's time limit.
+POLL_SLACK = 30.0
+#: Time limit of ordinary (not long-polling) requests.
+REQUEST_TIMEOUT = 120.0
+
+
+def _normalize_url(url: str) -> str:
+    if not isinstance(url, str):
+        raise TypeError(f"base_url must be a str such as 'unix:///run/sandlotd.sock', got {type(url).__name__}")
+    if url.startswith("/"):
+        return "unix://" + url
+    if url.startswith("unix://"):
+        if not url[len("unix://") :].startswith("/"):
+            raise ValueError(f"unix socket URLs need an absolute path, e.g. unix:///run/sandlotd.sock; got {url!r}")
+        return url
+    if url.startswith(("http://", "https://")):
+        return url.rstrip("/")
+    raise ValueError(
+        f"unsupported sandlot runner URL {url!r}: use unix:///abs/path/sandlotd.sock, "
+        "http://host:port, or an absolute socket path"
+    )
+
+
+class Session:
+    """A connection to one sandlot runner.
+
+    Args:
+        base_url: ``"unix:///abs/path.sock"``, ``"http://host:port"`` or an
+            absolute socket path. None: ``$SANDLOT_URL``, else the embedded
+            default runner (started on first use if needed).
+        token: bearer token for a TCP runner. None: ``$SANDLOT_TOKEN`` (only
+            when ``base_url`` also came from the environment or is None).
+        autostart: for the embedded default only: start the runner if none
+            answers (default). False: fail with RunnerUnavailableError instead.
+
+    A Session is safe to share between threads and asyncio tasks. Use it as a
+    context manager, or call :meth:`close`, to cancel in-flight requests.
+
+    Example:
+        >>> with Session("unix:///tmp/x/sandlotd.sock") as s:
+        ...     print(s)
+        Session('unix:///tmp/x/sandlotd.sock')
+    """
+
+    def __init__(self, base_url: str | None = None, token: str | None = None, *, autostart: bool = True) -> None:
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"token must be a str or None, got {type(token).__name__}")
+        self._paths: RuntimePaths | None = None
+        if base_url is None:
+            base_url = os.environ.get("SANDLOT_URL") or None
+            if token is None:
+                token = os.environ.get("SANDLOT_TOKEN") or None
+        if base_url is None:
+            self._paths = runtime_paths(create=True)
+            base_url = self._paths.url
+        self._base_url = _normalize_url(base_url)
+        self._client = _core.Client(self._base_url, token)
+        self._lock = threading.Lock()
+        # The runner was seen healthy at this errors.unavailable_generation; -1: never.
+        self._autostart = autostart and self._paths is not None
+        self._ready_gen = -1 if self._autostart else 0
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """The runner's URL, e.g. ``unix:///run/user/1000/sandlot/sandlotd.sock``."""
+        return self._base_url
+
+    @property
+    def embedded(self) -> bool:
+        """True when this session manages the user's embedded default runner."""
+        return self._paths is not None
+
+    @property
+    def runtime_paths(self) -> RuntimePaths | None:
+        """Socket/state/log paths of the embedded runner; None for a configured URL."""
+        return self._paths
+
+    def __repr__(self) -> str:
+        return f"Session({self._base_url!r})"  # never the token
+
+    # -- requests -----------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = REQUEST_TIMEOUT,
+    ) -> _core.OperationRef[Any]:
+        """Send one request to the runner and return its ``OperationRef`` at once.
+
+        Low level: the public API is :class:`sandlot.Sandbox`. Bodies are never
+        logged (they may hold secrets or file contents).
+
+        Example:
+            >>> sess = default_session()                     # doctest: +SKIP
+            >>> sess.request("GET", "/v1/health").result()["ok"]  # doctest: +SKIP
+            True
+        """
+        log.debug("request %s %s", method, path)
+        return self._client.request(method, path, body, timeout=timeout)
+
+    def _ensure(self) -> Op[None]:
+        """Op: make sure the embedded runner is up (no-op for a configured URL).
+
+        Checked once, and again after any request failed with "unavailable"
+        (the runner may have been stopped); then started if nothing answers.
+        """
+        if not self._autostart or self._ready_gen == errors.unavailable_generation:
+            return
+        gen = errors.unavailable_generation
+        try:
+            yield self._client.request("GET", "/v1/health", None, timeout=10.0)
+        except errors.RunnerUnavailableError:
+            yield Blocking(self._start_embedded)
+            gen = errors.unavailable_generation
+        self._ready_gen = gen
+
+    def _health_ok(self) -> bool:
+        try:
+            self._client.request("GET", "/v1/health", None, timeout=5.0).result()
+            return True
+        except errors.SandboxError:
+            return False
+
+    def _start_embedded(self) -> bool:
+        assert self._paths is not None
+        with self._lock:
+            return start_runner(self._paths, self._health_ok)
+
+    @op
+    def health(self) -> Op[dict[str, Any]]:
+        """Ask the runner how it is; starts the embedded runner if needed.
+
+        Returns the runner's health map: ``ok``, ``version``, ``runner_id``,
+        ``pid``, ``cgroup`` (``"v1"``, ``"v2"``, ``"hybrid"`` or ``"none"``),
+        ``sandboxes`` (count) and ``uptime`` (seconds).
+
+        Example:
+            >>> default_session().health()["ok"]      # doctest: +SKIP
+            True
+            >>> (await default_session().health.aio())["ok"]  # doctest: +SKIP
+            True
+        """
+        yield from self._ensure()
+        resp: dict[str, Any] = yield self.request("GET", "/v1/health", timeout=30.0)
+        return resp
+
+    # -- lifetime -----------------------------------------------------------
+    def close(self) -> None:
+        """Cancel this session's in-flight requests. Idempotent.
+
+        Sandboxes are not affected: they live in the runner until terminated.
+        """
+        self._client.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_default: Session | None = None
+_default_lock = threading.Lock()
+
+
+def default_session() -> Session:
+    """The process-wide session used when no ``session=`` is given.
+
+    Created on first use from ``SANDLOT_URL`` / ``SANDLOT_TOKEN``, or the embedded
+    default runner when neither is set.
+
+    Example:
+        >>> import sandlot
+        >>> sandlot.default_session() is sandlot.default_session()   # doctest: +SKIP
+        True
+    """
+    global _default
+    s = _default
+    if s is not None:
+        return s
+    with _default_lock:
+        if _default is None:
+            _default = Session()
+        return _default
+
+
+def _resolve(session: Session | None) -> Session:
+    if session is None:
+        return default_session()
+    if not isinstance(session, Session):
+        raise TypeError(f"session must be a sandlot.Session or None, got {type(session).__name__}")
+    return session
