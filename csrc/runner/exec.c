@@ -193,8 +193,13 @@ void sl_proc_spawn_failed(sl_proc *p, int err, const char *what)
         sl_debug("sandbox %s: SPAWN_FAILED for running process %u ignored", p->box->id, p->id);
         return;
     }
+    /* init's text already names the step and the error ("exec foo: No such
+     * file or directory"); only synthesise one when it sent none. */
     char msg[512];
-    snprintf(msg, sizeof(msg), "%s: %s", what[0] ? what : "spawn", strerror(err));
+    if (what[0])
+        snprintf(msg, sizeof(msg), "%s", what);
+    else
+        snprintf(msg, sizeof(msg), "spawn: %s", strerror(err));
     if (p->id == 0) {
         sl_box_entry_failed(p->box, msg);
         return;
