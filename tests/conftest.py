@@ -62,7 +62,9 @@ def start_runner(base: Path, extra: list[str] | None = None) -> Runner:
     cmd = [runner_binary(), "--socket", str(sock), "--state-dir", str(state), "--log-file", str(log_file)]
     cmd += extra or []
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")}
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    # stderr (where sanitizer reports go) is appended to the same log file.
+    with open(log_file, "ab") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
     url = f"unix://{sock}"
     r = Runner(base, sock, state, log_file, proc, url)
     probe = sandlot.Session(url)
@@ -120,7 +122,13 @@ def runner() -> Iterator[Runner]:
             else:
                 os.environ[k] = v
         stop(r)
+        log = r.log_file.read_text(errors="replace") if r.log_file.exists() else ""
         shutil.rmtree(base, ignore_errors=True)
+    # A runner built with SANDLOT_SANITIZE=1 writes its reports to its log: a
+    # report anywhere in the session fails the run, and so does an unclean exit.
+    for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+        assert marker not in log, f"sandlotd reported a sanitizer error:\n{log[-4000:]}"
+    assert r.proc.returncode == 0, f"sandlotd exited with {r.proc.returncode} on SIGTERM:\n{log[-4000:]}"
 
 
 @pytest.fixture(scope="session")
