@@ -16,6 +16,22 @@
  * do would matter; dropping an EXITED instead would lose an exit status.
  * EOF on the channel means the runner is gone: init kills everything and
  * exits, which also tears down the pid namespace.
+ *
+ * Hardening (docs/security.md). When the runner's seccomp program arrives
+ * (SL_CTL_SECCOMP, right after READY and before any SPAWN), init drops its own
+ * capability bounding set to the sandbox's set and installs the program on
+ * itself. Both are inherited by every child it forks: the filter is compiled
+ * by the kernel once per sandbox instead of once per process, and init needs
+ * nothing the profile forbids (fork is a clone without namespace flags; wait,
+ * kill, signalfd, sockets, prctl, capset, execve are all allowed). Each child
+ * then lowers its permitted/effective/inheritable/ambient capabilities and
+ * sets no_new_privs just before execve. Without a program (or when installing
+ * it failed) init refuses every SPAWN. init keeps its full permitted and
+ * effective capabilities: the bounding set only matters at execve, which init
+ * never calls, and holding capabilities its children lack is what keeps them
+ * from ptrace-ing it or opening /proc/1/mem, /proc/1/environ or anything
+ * behind /proc/1/fd/N (the kernel's ptrace access check asks the caller to
+ * hold every capability of the target).
  */
 #include "sl_ctl.h"
 
@@ -24,10 +40,14 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -44,8 +64,27 @@ typedef struct tracked {
 static tracked *procs;
 static size_t nprocs, capprocs;
 
-/* One whole control message; static because it is large for a stack. */
-static char msgbuf[SL_CTL_MAX_MSG];
+/* One whole control message; static because it is large for a stack.
+ * Aligned so that a SECCOMP payload is a proper struct sock_filter array. */
+static _Alignas(8) char msgbuf[SL_CTL_MAX_MSG];
+
+/* Set once the runner's seccomp program is installed on init (and thereby on
+ * every later child). Until then every SPAWN fails with harden_err and
+ * harden_what: why it is not (yet) installed. */
+static int hardened;
+static int harden_err = EPROTO;
+static const char *harden_what = "no seccomp profile received from the runner";
+
+/* Docker's default capability set without CAP_NET_RAW and CAP_MKNOD (no raw
+ * sockets, no device nodes: the sandbox needs neither). Everything else is
+ * gone from every set, the bounding set included, so not even a setuid-root
+ * binary or a file capability can bring CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+ * CAP_SYS_MODULE, CAP_SYS_TIME, CAP_SYS_BOOT or CAP_NET_ADMIN back. */
+static const int keep_caps[] = {
+    CAP_CHOWN,       CAP_DAC_OVERRIDE, CAP_FOWNER,  CAP_FSETID,           CAP_KILL,
+    CAP_SETGID,      CAP_SETUID,       CAP_SETPCAP, CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT,
+    CAP_AUDIT_WRITE, CAP_SETFCAP,
+};
 
 /* What a spawned child reports when chdir or exec fails. */
 typedef struct exec_err {
@@ -136,8 +175,63 @@ static int exec_search(char *const argv[], char *const envp[])
     return saw_eacces ? EACCES : ENOENT;
 }
 
-/* In the forked child: become a session leader with the given stdio, then
- * exec. Never returns. */
+static uint64_t keep_mask(void)
+{
+    uint64_t keep = 0;
+
+    for (size_t i = 0; i < sizeof(keep_caps) / sizeof(keep_caps[0]); i++)
+        keep |= 1ULL << keep_caps[i];
+    return keep;
+}
+
+/* Drop everything but keep_caps from init's bounding set (inherited by every
+ * child; it is what execve draws a root process's new capabilities from).
+ * Returns 0 or an errno. */
+static int drop_bounding_set(void)
+{
+    uint64_t keep = keep_mask();
+
+    /* Capabilities are numbered densely: EINVAL means we passed the
+     * kernel's last one. */
+    for (int cap = 0; cap < 64; cap++) {
+        if (keep & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            if (errno == EINVAL)
+                break;
+            return errno;
+        }
+    }
+    return 0;
+}
+
+/* In a child: reduce the other capability sets to keep_caps. Returns 0 or
+ * an errno and sets *what to the step that failed. */
+static int drop_caps(const char **what)
+{
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    uint64_t keep = keep_mask();
+
+    /* Ambient capabilities survive execve of non-setuid binaries. (EINVAL:
+     * a kernel before 4.3 has none.) */
+    *what = "clear ambient";
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return errno;
+    /* Inheritable stays empty (CVE-2022-24769: with it non-empty, a file's
+     * inheritable capabilities would be granted to a non-root user). */
+    memset(data, 0, sizeof(data));
+    data[0].effective = data[0].permitted = (uint32_t)keep;
+    data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
+    *what = "capset";
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        return errno;
+    return 0;
+}
+
+/* In the forked child (which inherited init's bounding set and seccomp
+ * filter): become a session leader with the given stdio, drop the remaining
+ * privileges, then exec. Never returns. */
 __attribute__((noreturn)) static void run_child(const sl_ctl_spawn_req *req, const int fds[3],
                                                 int errfd)
 {
@@ -174,6 +268,16 @@ __attribute__((noreturn)) static void run_child(const sl_ctl_spawn_req *req, con
     const char *cwd = req->cwd[0] ? req->cwd : "/";
     if (chdir(cwd) < 0)
         child_fail(efd, errno, "chdir", cwd);
+
+    const char *what;
+    int err = drop_caps(&what);
+    if (err)
+        child_fail(efd, err, "drop capabilities:", what);
+    /* no_new_privs: execve can no longer raise privileges (setuid bits and
+     * file capabilities are ignored), and the process may stack filters of
+     * its own (which can only restrict it further). */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        child_fail(efd, errno, "set", "no_new_privs");
     child_fail(efd, exec_search(req->argv, req->envp), "exec", req->argv[0]);
 }
 
@@ -192,6 +296,11 @@ static void do_spawn(uint32_t id, char *payload, size_t len, int *fds, int nfds)
 
     if (nfds != 3) {
         spawn_failed(id, EINVAL, "bad spawn message: expected 3 fds");
+        goto out_fds;
+    }
+    /* Fail closed: no process runs without the seccomp profile. */
+    if (!hardened) {
+        spawn_failed(id, harden_err, harden_what);
         goto out_fds;
     }
     r = sl_ctl_unpack_spawn(payload, len, &req);
@@ -247,6 +356,38 @@ out_req:
 out_fds:
     for (int i = 0; i < nfds; i++)
         close(fds[i]);
+}
+
+/* Install the runner's seccomp program (payload: count instructions) on init
+ * itself, after dropping the bounding set. Only the first one counts, so
+ * nothing can swap in a laxer one later (stacking one would not loosen the
+ * first anyway); a malformed one is dropped, and every SPAWN then fails with
+ * the reason, which the runner reports. */
+static void do_seccomp(uint32_t count, const char *payload, size_t len)
+{
+    struct sock_fprog prog;
+    int err;
+
+    if (hardened || count == 0 || count > SL_CTL_MAX_FILTER ||
+        len != (size_t)count * sizeof(struct sock_filter))
+        return;
+    err = drop_bounding_set();
+    if (err) {
+        harden_err = err;
+        harden_what = "drop the capability bounding set";
+        return;
+    }
+    /* init holds CAP_SYS_ADMIN, so the filter needs no no_new_privs here
+     * (each child sets that itself). The kernel copies the program; msgbuf
+     * (the payload) is reused afterwards. */
+    prog.len = (unsigned short)count;
+    prog.filter = (struct sock_filter *)(void *)payload;
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0) {
+        harden_err = errno;
+        harden_what = "install the seccomp profile";
+        return;
+    }
+    hardened = 1;
 }
 
 static void do_signal(uint32_t id, uint32_t sig)
@@ -330,6 +471,9 @@ static void handle_channel(void)
     case SL_CTL_SIGNAL:
         do_signal(h.id, h.arg);
         break;
+    case SL_CTL_SECCOMP:
+        do_seccomp(h.arg, msgbuf, (size_t)n);
+        break;
     default:
         break; /* unknown: ignore */
     }
@@ -342,6 +486,13 @@ int main(void)
     sigset_t chld;
     int sfd;
 
+    /* Nothing but 0-2 and the channel should be open (the runner's clone
+     * child marks everything else close-on-exec); make sure, so that no
+     * runner descriptor can ever be inherited by a sandboxed process. */
+    if (syscall(SYS_close_range, SL_CTL_FD + 1U, ~0U, 0U) < 0) {
+        for (int fd = SL_CTL_FD + 1; fd < 1024; fd++)
+            close(fd);
+    }
     reset_signals();
     /* Sends use MSG_NOSIGNAL; this only covers stray writes. */
     signal(SIGPIPE, SIG_IGN);

@@ -24,7 +24,12 @@ enum sl_ctl_type {
     SL_CTL_SPAWN_FAILED = 4, /* init -> runner: arg = errno, payload = what failed */
     SL_CTL_EXITED = 5,       /* init -> runner: arg = raw wait status */
     SL_CTL_SIGNAL = 6,       /* runner -> init: arg = signal for process id's group */
+    SL_CTL_SECCOMP = 7,      /* runner -> init: arg = instruction count, payload = that many
+                                struct sock_filter; applied to every later SPAWN */
 };
+
+/* Most instructions one seccomp program may have (the kernel's BPF_MAXINSNS). */
+#define SL_CTL_MAX_FILTER 4096
 
 typedef struct sl_ctl_hdr {
     uint32_t type;

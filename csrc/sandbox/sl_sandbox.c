@@ -24,7 +24,9 @@
 #include "sl_sandbox.h"
 
 #include "sl_ctl.h"
+#include "sl_seccomp.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -70,13 +72,32 @@ static const char *const default_masks[] = {
 
 #define N_DEFAULT_MASKS (sizeof(default_masks) / sizeof(default_masks[0]))
 
+/* Host secrets, hidden when the image is the host's own root filesystem
+ * ("/"): files behind /dev/null, directories behind an empty read-only tmpfs.
+ * Every /etc/ssh/ *_key (the host's private SSH keys) is added to these. A
+ * symlink is followed on the host and its target masked (the sandbox sees the
+ * same tree). */
+static const char *const host_secret_masks[] = {
+    "/etc/shadow",   "/etc/shadow-",          "/etc/gshadow",
+    "/etc/gshadow-", "/etc/security/opasswd", "/etc/ssl/private",
+};
+
+/* Home directories of the host, replaced by an empty *writable* tmpfs (same
+ * mode) on the host image: nothing of the host's users shows, and programs
+ * that keep state under $HOME (HOME=/root) still work. */
+static const char *const host_home_masks[] = {"/root", "/home"};
+
+#define HOST_SSH_DIR "/etc/ssh"
+
 /* Without a user namespace, root inside could write these and reach the
  * host kernel (sysctls, sysrq-trigger reboots the machine): always read-only. */
 static const char *const readonly_paths[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                                              "/proc/sysrq-trigger"};
 
-/* Host device nodes bind-mounted into the sandbox's /dev. Binding (instead of
- * mknod) works the same once the runner is rootless. */
+/* Device nodes of the sandbox's /dev: made with mknod (the sandbox's own
+ * inodes, so a chmod inside changes nothing outside, and no mount each), or,
+ * where mknod is not allowed (a rootless runner, later), read-only binds of
+ * the host's nodes. */
 static const char *const dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
 
 /* What the child sends back on failure; one write, well below PIPE_BUF. */
@@ -93,6 +114,8 @@ typedef struct child_ctx {
     int memfd;         /* sandlot-init */
     int rootfd;        /* O_PATH fd of the overlay root */
     int parent_fds[2]; /* the parent's ends, closed first thing */
+    int emptyfd;       /* O_PATH fd of the first read-only empty tmpfs mask, or -1 */
+    int nullfd;        /* O_PATH fd of the sandbox's /dev/null, or -1 */
 } child_ctx;
 
 /* ---------------------------------------------------------------- helpers */
@@ -309,13 +332,6 @@ static void child_dev(const child_ctx *c)
 
     child_mount(c, "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k",
                 WALK_MKDIR);
-    for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++) {
-        char host[32];
-
-        snprintf(host, sizeof(host), "/dev/%s", dev_nodes[i]);
-        snprintf(path, sizeof(path), "/dev/%s", dev_nodes[i]);
-        child_bind(c, host, path, 0);
-    }
     /* A fresh tmpfs: nothing in it can be a symlink, plain *at() calls do. */
     devfd = walk(c->rootfd, "/dev", WALK_EXISTING);
     if (devfd < 0)
@@ -330,6 +346,32 @@ static void child_dev(const child_ctx *c)
 
         if (dfd < 0)
             child_die(c, errno, "open /dev");
+        for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++) {
+            char host[32];
+            struct stat st;
+            mode_t mode;
+
+            snprintf(host, sizeof(host), "/dev/%s", dev_nodes[i]);
+            snprintf(path, sizeof(path), "/dev/%s", dev_nodes[i]);
+            if (stat(host, &st) < 0)
+                child_die(c, errno, "stat %s", host);
+            if (!S_ISCHR(st.st_mode))
+                child_die(c, ENODEV, "%s", host);
+            mode = st.st_mode & 0777;
+            /* fchmodat: mknod's mode went through the runner's umask. */
+            if (mknodat(dfd, dev_nodes[i], S_IFCHR | mode, st.st_rdev) == 0) {
+                if (fchmodat(dfd, dev_nodes[i], mode, 0) < 0)
+                    child_die(c, errno, "chmod %s", path);
+                continue;
+            }
+            if (errno != EPERM)
+                child_die(c, errno, "mknod %s", path);
+            /* Read-only: a bound node is the host's own inode, and a chmod or
+             * chown through a writable bind would change the host's
+             * /dev/null. Data still flows: a read-only mount does not stop
+             * writes to a device. */
+            child_bind(c, host, path, MS_RDONLY | MS_NOSUID | MS_NOEXEC);
+        }
         for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++)
             if (symlinkat(links[i][0], dfd, links[i][1]) < 0)
                 child_die(c, errno, "symlink /dev/%s", links[i][1]);
@@ -343,6 +385,199 @@ static void child_dev(const child_ctx *c)
                 "newinstance,ptmxmode=0666,mode=0620", WALK_EXISTING);
     child_mount(c, "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777",
                 WALK_EXISTING);
+}
+
+enum mask_kind {
+    MASK_READONLY, /* empty read-only dir / empty file */
+    MASK_EMPTY_RW, /* empty writable dir (host home directories) */
+};
+
+/* Hide what fd (an O_PATH fd of path inside the new root; closed here) holds:
+ * a directory behind an empty tmpfs, anything else behind /dev/null. */
+static void child_mask_fd(child_ctx *c, int fd, const char *path, enum mask_kind kind)
+{
+    struct stat st;
+    char target[64], src[64], opts[96];
+
+    if (fstat(fd, &st) < 0)
+        child_die(c, errno, "mask %s", path);
+    proc_fd_path(target, sizeof(target), fd);
+    if (S_ISDIR(st.st_mode) && kind == MASK_READONLY && c->emptyfd >= 0) {
+        /* Every read-only dir mask shows the same empty, read-only tmpfs: a
+         * bind of the first one (the read-only flag comes along) is much
+         * cheaper than a new tmpfs superblock each. */
+        proc_fd_path(src, sizeof(src), c->emptyfd);
+        if (mount(src, target, NULL, MS_BIND, NULL) < 0)
+            child_die(c, errno, "mask %s", path);
+    } else if (S_ISDIR(st.st_mode)) {
+        unsigned long flags = MS_NOSUID | MS_NODEV;
+
+        if (kind == MASK_READONLY) {
+            flags |= MS_RDONLY | MS_NOEXEC;
+            snprintf(opts, sizeof(opts), "mode=555,size=4k");
+        } else {
+            snprintf(opts, sizeof(opts), "mode=%o,uid=%u,gid=%u", (unsigned)(st.st_mode & 07777),
+                     (unsigned)st.st_uid, (unsigned)st.st_gid);
+        }
+        if (mount("tmpfs", target, "tmpfs", flags, opts) < 0)
+            child_die(c, errno, "mask %s", path);
+        if (kind == MASK_READONLY) {
+            /* fd is the directory below the mount; walking again gets the
+             * tmpfs's root, to bind for the next masks. */
+            c->emptyfd = walk(c->rootfd, path, WALK_EXISTING);
+            if (c->emptyfd < 0)
+                child_die(c, -c->emptyfd, "mask %s", path);
+        }
+    } else {
+        /* A file: tmpfs cannot cover it, /dev/null can (containerd's way;
+         * no MS_NODEV, or reading it would fail instead of being empty).
+         * The sandbox's own /dev/null, so one bind does: writes vanish, and
+         * a chmod reaches only that node (or, where it is a read-only bind
+         * of the host's, fails: a bind keeps its source's read-only flag). */
+        if (c->nullfd < 0) {
+            c->nullfd = walk(c->rootfd, "/dev/null", WALK_EXISTING);
+            if (c->nullfd < 0)
+                child_die(c, -c->nullfd, "mask %s: open /dev/null", path);
+        }
+        proc_fd_path(src, sizeof(src), c->nullfd);
+        if (mount(src, target, NULL, MS_BIND, NULL) < 0)
+            child_die(c, errno, "mask %s", path);
+    }
+    close(fd);
+}
+
+/* Mask a host path on the host image. The child still sees the host's tree
+ * (pivot_root comes later), so realpath() here resolves symlinks the way the
+ * sandbox would; the canonical path is then walked without following any. */
+static void child_host_mask(child_ctx *c, const char *path, enum mask_kind kind)
+{
+    char real[PATH_MAX];
+    int fd;
+
+    if (!realpath(path, real)) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return; /* nothing to hide */
+        child_die(c, errno, "mask %s", path);
+    }
+    fd = walk(c->rootfd, real, WALK_EXISTING);
+    /* ENOENT: on another host filesystem, which the overlay of "/" does not
+     * show (it is an empty directory inside). */
+    if (fd == -ENOENT)
+        return;
+    if (fd < 0)
+        child_die(c, -fd, "mask %s", real);
+    child_mask_fd(c, fd, real, kind);
+}
+
+/* The host image's default masks: secrets, SSH host keys, home dirs. */
+static void child_host_masks(child_ctx *c)
+{
+    DIR *d;
+
+    for (size_t i = 0; i < sizeof(host_secret_masks) / sizeof(host_secret_masks[0]); i++)
+        child_host_mask(c, host_secret_masks[i], MASK_READONLY);
+    for (size_t i = 0; i < sizeof(host_home_masks) / sizeof(host_home_masks[0]); i++)
+        child_host_mask(c, host_home_masks[i], MASK_EMPTY_RW);
+    /* The runner is single-threaded, so opendir's malloc is safe here. */
+    d = opendir(HOST_SSH_DIR);
+    if (!d) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return;
+        child_die(c, errno, "mask %s", HOST_SSH_DIR);
+    }
+    for (;;) {
+        struct dirent *de;
+        char path[sizeof(HOST_SSH_DIR) + NAME_MAX + 1];
+        size_t l;
+
+        errno = 0;
+        de = readdir(d);
+        if (!de) {
+            if (errno)
+                child_die(c, errno, "read %s", HOST_SSH_DIR);
+            break;
+        }
+        l = strlen(de->d_name);
+        /* ssh_host_*_key are private; their .pub files and the configs are not. */
+        if (l <= 4 || strcmp(de->d_name + l - 4, "_key") != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", HOST_SSH_DIR, de->d_name);
+        child_host_mask(c, path, MASK_READONLY);
+    }
+    closedir(d);
+}
+
+/* The overlay with extra layers (snapshots) over rootfs.
+ *
+ * overlayfs refuses (ELOOP, "overlapping lowerdir path") a lower layer that
+ * lies below another lower layer's root in the same filesystem, which every
+ * snapshot layer in the state dir does when rootfs is the host's "/". So the
+ * base is first wrapped in a read-only overlay of its own (rootfs under an
+ * empty tmpfs) at <dir>/base: a different superblock, so no layer is a
+ * descendant of another any more; whiteouts in the snapshot layers still hide
+ * the base's files because the wrapper is an ordinary lower layer. That makes
+ * the root a stack of depth 2, the kernel's maximum.
+ *
+ * The new mount API
+ * adds lower layers one fsconfig("lowerdir+") at a time, so the stack is not
+ * limited by mount(2)'s one-page option string; kernels before 6.8 reject
+ * "lowerdir+" (EINVAL) or lack fsopen (ENOSYS) and get the option string,
+ * which fails with E2BIG once the paths do not fit a page. */
+static void mount_layers(const child_ctx *c, const char *upper, const char *work, const char *root)
+{
+    const sl_sandbox_config *cfg = c->cfg;
+    char opts[4096], empty[PATH_MAX], base[PATH_MAX];
+    size_t used;
+    int fs, err;
+
+    snprintf(empty, sizeof(empty), "%s/base-empty", cfg->dir);
+    snprintf(base, sizeof(base), "%s/base", cfg->dir);
+    if ((mkdir(empty, 0755) < 0 && errno != EEXIST) || (mkdir(base, 0755) < 0 && errno != EEXIST))
+        child_die(c, errno, "mkdir %s/base*", cfg->dir);
+    if (mount("tmpfs", empty, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=4k,mode=755") < 0)
+        child_die(c, errno, "mount tmpfs on %s", empty);
+    if ((size_t)snprintf(opts, sizeof(opts), "lowerdir=%s:%s", empty, cfg->rootfs) >= sizeof(opts))
+        child_die(c, ENAMETOOLONG, "overlay options for %s", base);
+    if (mount("overlay", base, "overlay", MS_RDONLY, opts) < 0)
+        child_die(c, errno, "mount base overlay of %s on %s", cfg->rootfs, base);
+
+    fs = fsopen("overlay", FSOPEN_CLOEXEC);
+    err = fs < 0 ? errno : 0;
+    for (size_t i = 0; !err && i <= cfg->n_layers; i++) {
+        const char *l = i < cfg->n_layers ? cfg->layers[i] : base;
+
+        if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir+", l, 0) < 0)
+            err = errno;
+    }
+    if (!err) {
+        int mfd = -1;
+
+        if (fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0 ||
+            fsconfig(fs, FSCONFIG_SET_STRING, "workdir", work, 0) < 0 ||
+            fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0 ||
+            (mfd = fsmount(fs, FSMOUNT_CLOEXEC, 0)) < 0 ||
+            move_mount(mfd, "", AT_FDCWD, root, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            child_die(c, errno, "mount overlay (%zu layers) on %s", cfg->n_layers + 1, root);
+        close(mfd);
+        close(fs);
+        return;
+    }
+    if (fs >= 0)
+        close(fs);
+    if (err != ENOSYS && err != EINVAL)
+        child_die(c, err, "fsconfig overlay lowerdir+");
+    used = (size_t)snprintf(opts, sizeof(opts), "lowerdir=");
+    for (size_t i = 0; i <= cfg->n_layers && used < sizeof(opts); i++)
+        used += (size_t)snprintf(opts + used, sizeof(opts) - used, "%s%s", i ? ":" : "",
+                                 i < cfg->n_layers ? cfg->layers[i] : base);
+    if (used < sizeof(opts))
+        used += (size_t)snprintf(opts + used, sizeof(opts) - used, ",upperdir=%s,workdir=%s", upper,
+                                 work);
+    if (used >= sizeof(opts))
+        child_die(c, E2BIG, "overlay options for %zu layers", cfg->n_layers + 1);
+    if (mount("overlay", root, "overlay", 0, opts) < 0)
+        child_die(c, errno, "mount overlay on %s", root);
 }
 
 /* Everything inside the root that does not need the cgroup: runs while the
@@ -364,15 +599,29 @@ static void child_build_root(child_ctx *c)
         child_die(c, errno, "mkdir %s", work);
     if (mkdir(root, 0755) < 0 && errno != EEXIST)
         child_die(c, errno, "mkdir %s", root);
-    snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", cfg->rootfs, upper, work);
-    if (mount("overlay", root, "overlay", 0, opts) < 0)
-        child_die(c, errno, "mount overlay on %s", root);
+    if (cfg->n_layers > 0) {
+        mount_layers(c, upper, work, root);
+    } else {
+        snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", cfg->rootfs, upper,
+                 work);
+        if (mount("overlay", root, "overlay", 0, opts) < 0)
+            child_die(c, errno, "mount overlay on %s", root);
+    }
     c->rootfd = open(root, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (c->rootfd < 0)
         child_die(c, errno, "open %s", root);
 
-    /* We are pid 1 of the new pid namespace: this proc shows only the sandbox. */
-    child_mount(c, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, WALK_MKDIR);
+    /* We are pid 1 of the new pid namespace: this proc shows only the sandbox.
+     * Read-only as a whole: the mode and owner of a global entry
+     * (/proc/meminfo, /proc/slabinfo...) live in one kernel object shared by
+     * every proc mount, so a chmod or chown by root in here would change them
+     * for the host and every other sandbox. Writes through /proc/self/fd/N
+     * (/dev/stdout) still work (they land on the target's own mount); what
+     * fails with EROFS is writing the per-process knobs (oom_score_adj, comm
+     * of another thread...). The read-only binds below are kept as a second
+     * wall for the entries that reach the kernel. */
+    child_mount(c, "proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL,
+                WALK_MKDIR);
     for (size_t i = 0; i < sizeof(readonly_paths) / sizeof(readonly_paths[0]); i++) {
         int fd = walk(c->rootfd, readonly_paths[i], WALK_EXISTING);
         char target[64];
@@ -414,8 +663,6 @@ static void child_build_root(child_ctx *c)
 
     for (size_t i = 0; i < N_DEFAULT_MASKS + cfg->n_masks; i++) {
         const char *mask = i < N_DEFAULT_MASKS ? default_masks[i] : cfg->masks[i - N_DEFAULT_MASKS];
-        struct stat st;
-        char target[64];
         int fd;
 
         if (!mask || mask[0] != '/' || mask[strspn(mask, "/")] == '\0')
@@ -429,21 +676,10 @@ static void child_build_root(child_ctx *c)
             child_die(c, ELOOP, "mask %s", mask);
         if (fd < 0)
             continue;
-        if (fstat(fd, &st) < 0)
-            child_die(c, errno, "mask %s", mask);
-        proc_fd_path(target, sizeof(target), fd);
-        if (S_ISDIR(st.st_mode)) {
-            if (mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      "mode=555,size=4k") < 0)
-                child_die(c, errno, "mask %s", mask);
-            close(fd);
-        } else {
-            /* A file: tmpfs cannot cover it, /dev/null can (containerd's way;
-             * no MS_NODEV, or reading it would fail instead of being empty). */
-            close(fd);
-            child_bind(c, "/dev/null", mask, MS_RDONLY | MS_NOSUID | MS_NOEXEC);
-        }
+        child_mask_fd(c, fd, mask, MASK_READONLY);
     }
+    if (strcmp(cfg->rootfs, "/") == 0)
+        child_host_masks(c);
     for (size_t i = 0; i < cfg->n_binds; i++) {
         const sl_bind *b = &cfg->binds[i];
 
@@ -616,6 +852,8 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
 {
     int sv[2] = {-1, -1}, sync[2] = {-1, -1}, pidfd = -1, err = 0;
     int child_done = 0;
+    const struct sock_filter *filter;
+    size_t nfilter;
     char msg[320];
     sigset_t all, old;
     pid_t pid;
@@ -634,7 +872,23 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         fmt_err(errbuf, errlen, EINVAL, "invalid sandbox config");
         return -EINVAL;
     }
+    for (size_t i = 0; i < cfg->n_layers; i++) {
+        if (!cfg->layers || !valid_layer_path(cfg->layers[i])) {
+            fmt_err(errbuf, errlen, EINVAL, "invalid sandbox config (layer path)");
+            return -EINVAL;
+        }
+    }
 
+    /* Built once (normally by sl_sandbox_load_init); no sandbox without it. */
+    err = -sl_seccomp_default(&filter, &nfilter);
+    if (err) {
+        fmt_err(errbuf, errlen, err, "build seccomp profile");
+        return -err;
+    }
+    if (nfilter == 0 || nfilter > SL_CTL_MAX_FILTER) {
+        fmt_err(errbuf, errlen, E2BIG, "build seccomp profile");
+        return -E2BIG;
+    }
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         err = errno;
         fmt_err(errbuf, errlen, err, "socketpair");
@@ -668,7 +922,9 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
                        .ctlfd = sv[1],
                        .memfd = cfg->init_memfd,
                        .rootfd = -1,
-                       .parent_fds = {sv[0], sync[0]}};
+                       .parent_fds = {sv[0], sync[0]},
+                       .emptyfd = -1,
+                       .nullfd = -1};
         child_main(&c);
     }
     err = errno;
@@ -779,6 +1035,18 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
             }
         }
     }
+    /* The seccomp profile goes to init before anything else can: the channel
+     * is ordered, so it arrives before the caller's first SPAWN, and init
+     * refuses to spawn without it. */
+    {
+        sl_ctl_hdr sh = {.type = SL_CTL_SECCOMP, .id = 0, .arg = (uint32_t)nfilter};
+
+        err = -sl_ctl_send(sv[0], &sh, filter, nfilter * sizeof(*filter), NULL, 0);
+        if (err) {
+            fmt_err(errbuf, errlen, err, "send seccomp profile to sandlot-init");
+            goto fail_child;
+        }
+    }
     close(sync[0]);
     out->init_pid = pid;
     out->ctl_fd = sv[0];
@@ -845,6 +1113,16 @@ int sl_sandbox_load_init(const char *path)
 
     if (!path)
         return -EINVAL;
+    {
+        /* Build the seccomp profile now, once, so that a broken libseccomp
+         * stops the runner at start instead of failing every sandbox. */
+        const struct sock_filter *f;
+        size_t n;
+
+        err = sl_seccomp_default(&f, &n);
+        if (err < 0)
+            return err;
+    }
     in = open(path, O_RDONLY | O_CLOEXEC);
     if (in < 0)
         return -errno;

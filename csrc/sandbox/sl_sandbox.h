@@ -10,7 +10,12 @@
  *   then a new cgroup namespace,
  * pivot_root()s into it, brings up `lo`, and execs sandlot-init from a sealed
  * memfd (so /proc/1/exe cannot be used to overwrite the host binary,
- * CVE-2019-5736) as pid 1 with the control channel on fd 3.
+ * CVE-2019-5736) as pid 1 with the control channel on fd 3 and no other fd of
+ * the runner. Once init is READY it sends init the seccomp profile
+ * (sl_seccomp.h); init installs it and a reduced capability bounding set on
+ * itself (inherited by everything it starts), and each process it spawns
+ * lowers its other capability sets and sets no_new_privs before execve.
+ * docs/security.md lists every layer.
  */
 #ifndef SL_SANDBOX_H
 #define SL_SANDBOX_H
@@ -27,8 +32,13 @@ typedef struct sl_bind {
 } sl_bind;
 
 typedef struct sl_sandbox_config {
-    const char *id;       /* "sb-..." used for hostname and cgroup name */
-    const char *rootfs;   /* lower layer: "/" for the host image */
+    const char *id;            /* "sb-..." used for hostname and cgroup name */
+    const char *rootfs;        /* lower layer: "/" for the host image */
+    const char *const *layers; /* extra read-only layers stacked on rootfs, top first
+                                  (snapshots); n_layers 0: rootfs alone. Mounted with
+                                  fsconfig("lowerdir+") where the kernel has it (6.8+),
+                                  else the lowerdir option string (one page) */
+    size_t n_layers;
     const char *dir;      /* per-sandbox dir owned by the runner (upper/, work/, root/) */
     int init_memfd;       /* sealed memfd holding sandlot-init (sl_sandbox_load_init) */
     const sl_bind *binds; /* volumes etc. */
@@ -38,7 +48,12 @@ typedef struct sl_sandbox_config {
                                  defaults (/proc/kcore, /sys/firmware, ...) are always
                                  masked and /proc/sys, /proc/sysrq-trigger, /proc/bus,
                                  /proc/fs, /proc/irq always read-only. Give canonical
-                                 paths: one with a symlink in it fails the spawn */
+                                 paths: one with a symlink in it fails the spawn.
+                                 With rootfs "/" the host's secrets are masked too:
+                                 /etc/shadow, /etc/gshadow (and their "-" backups),
+                                 /etc/security/opasswd, /etc/ssl/private, every
+                                 /etc/ssh/ *_key; /root and /home become empty
+                                 writable tmpfs (binds still go on top of them) */
     size_t n_masks;
 } sl_sandbox_config;
 
@@ -52,7 +67,8 @@ typedef struct sl_sandbox {
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at
- * runner start. Returns the fd or -errno. */
+ * runner start, and build the seccomp profile (sl_seccomp_default) so that a
+ * broken libseccomp shows at start. Returns the fd or -errno. */
 int sl_sandbox_load_init(const char *path);
 
 /* Create a sandbox. Returns 0, filling *out, once init is running (it sends

@@ -12,6 +12,7 @@
 #include "sl_cgroup.h"
 #include "sl_ctl.h"
 #include "sl_sandbox.h"
+#include "sl_seccomp.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,8 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <linux/seccomp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -604,10 +607,16 @@ static void test_host_sandbox(int memfd)
              sizeof(out)) == 0 &&
               strcmp(out, "4\n") == 0,
           "devices: '%s'", out);
-    /* No fd leaks: the child has 0-2 (+ ls's own dir fd); init has 0-3 + signalfd. */
-    CHECK(sh(&sb, 18, "ls /proc/self/fd | tr '\\n' ' '; ls /proc/1/fd | wc -l", out, sizeof(out)) ==
-                  0 &&
-              strcmp(out, "0 1 2 3 5\n") == 0,
+    /* No fd leaks: the child has 0-2 (+ ls's own dir fd). init has 0-3 and
+     * its signalfd (once it is done with our spawn: hence the sleep); their
+     * numbers are listable, but none can be opened: init holds capabilities
+     * its children lack, so the ptrace access check fails. */
+    CHECK(sh(&sb, 18,
+             "ls /proc/self/fd | tr '\\n' ' '; sleep 0.2; ls /proc/1/fd | wc -l; readlink "
+             "/proc/1/fd/3 "
+             "2>/dev/null || echo denied",
+             out, sizeof(out)) == 0 &&
+              strcmp(out, "0 1 2 3 5\ndenied\n") == 0,
           "fds: '%s'", out);
     /* pid 1 is sandlot-init from the sealed memfd: not writable (CVE-2019-5736). */
     CHECK(sh(&sb, 30, "tr '\\0' ' ' < /proc/1/cmdline; ! (echo x >> /proc/1/exe) 2>/dev/null", out,
@@ -721,6 +730,237 @@ static void test_host_sandbox(int memfd)
     sl_rm_rf(vol);
     sl_rm_rf(rovol);
     sl_rm_rf(maskdir);
+}
+
+/* Python run inside the sandbox: each line "name result errno" of a raw
+ * syscall that the profile must refuse (or, for the last ones, allow). The
+ * syscall numbers come from this build's headers. */
+static const char hardening_py[] =
+    "import ctypes\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "L = ctypes.c_long\n"
+    "def t(name, nr, *a):\n"
+    "    ctypes.set_errno(0)\n"
+    "    r = libc.syscall(L(nr), *[L(x) if isinstance(x, int) else x for x in a])\n"
+    "    print(name, 0 if r >= 0 else ctypes.get_errno())\n"
+    "t('unshare-user', %d, 0x10000000)\n"
+    "t('unshare-mnt', %d, 0x20000)\n"
+    "t('mount', %d, b'none', b'/mnt', b'tmpfs', 0, 0)\n"
+    "t('umount2', %d, b'/proc', 2)\n"
+    "t('clone-newpid', %d, 0x20000000 | 17, 0, 0, 0, 0)\n"
+    "t('clone3', %d, 0, 0)\n"
+    "t('ptrace-traceme', %d, 0, 0, 0, 0)\n"
+    "t('keyctl', %d, 0, -3, 0)\n"
+    "t('bpf', %d, 0, 0, 0)\n"
+    "t('personality-norandom', %d, 0x0040000)\n"
+    "t('personality-hi', %d, 0x100000000)\n"
+    "t('personality-query', %d, 0xffffffff)\n"
+    "t('personality-linux', %d, 0)\n"
+    "t('ioctl-tiocsti-hi', %d, 0, 0x100000000 | %d, 0)\n";
+
+static const char hardening_expect[] = "unshare-user 1\n"
+                                       "unshare-mnt 1\n"
+                                       "mount 1\n"
+                                       "umount2 1\n"
+                                       "clone-newpid 1\n"
+                                       "clone3 38\n"
+                                       "ptrace-traceme 1\n"
+                                       "keyctl 1\n"
+                                       "bpf 1\n"
+                                       "personality-norandom 1\n"
+                                       "personality-hi 1\n"
+                                       "personality-query 0\n"
+                                       "personality-linux 0\n"
+                                       "ioctl-tiocsti-hi 1\n";
+
+/* Capabilities, no_new_privs, seccomp and the host image's masks, as seen by
+ * processes init spawns. */
+static void test_hardening(int memfd)
+{
+    char dir[] = "/tmp/sl-hard-XXXXXX", errbuf[256], out[4096], script[4096], key[128] = "";
+    sl_sandbox sb;
+    struct stat st;
+    int r;
+
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    /* A fake private host key: it must be masked like a real one. It has to
+     * live on the real root filesystem (the overlay of "/" shows no mounts),
+     * so it is created and removed right here. */
+    if (stat("/etc/ssh", &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(key, sizeof(key), "/etc/ssh/sandlot_test_%d_key", (int)getpid());
+        write_file(key, "PRIVATE\n");
+    }
+    sl_sandbox_config cfg = {.id = "sb-hardening", .rootfs = "/", .dir = dir, .init_memfd = memfd};
+    r = sl_sandbox_spawn(&cfg, &sb, errbuf, sizeof(errbuf));
+    CHECK(r == 0, "spawn: %d %s", r, errbuf);
+    if (r != 0) {
+        if (key[0])
+            unlink(key);
+        return;
+    }
+    /* Docker's default set minus NET_RAW and MKNOD, in every set but the
+     * (empty) inheritable and ambient ones; no_new_privs; a filter. */
+    CHECK(
+        sh(&sb, 1,
+           "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status "
+           "| tr -s '\\t' ' '",
+           out, sizeof(out)) == 0 &&
+            strcmp(out, "CapInh: 0000000000000000\nCapPrm: 00000000a00405fb\n"
+                        "CapEff: 00000000a00405fb\nCapBnd: 00000000a00405fb\n"
+                        "CapAmb: 0000000000000000\nNoNewPrivs: 1\nSeccomp: 2\n") == 0,
+        "capabilities: '%s'", out);
+    /* init itself: filtered and bounded too (its children inherit both),
+     * but with every capability in its effective set. */
+    CHECK(sh(&sb, 12,
+             "grep -E '^(CapEff|CapBnd|Seccomp):' /proc/1/status | tr -s '\\t' ' '; "
+             "grep -q '^CapEff:.*ffffff' /proc/1/status && echo full",
+             out, sizeof(out)) == 0 &&
+              strncmp(out, "CapEff: ", 8) == 0 &&
+              strstr(out, "\nCapBnd: 00000000a00405fb\nSeccomp: 2\nfull\n"),
+          "init: '%s'", out);
+    /* The filter's verdicts (EPERM = 1, ENOSYS = 38 for clone3). Several of
+     * these (a user namespace, PTRACE_TRACEME, keyctl, personality) need no
+     * capability at all, so only the filter can have refused them. */
+    snprintf(script, sizeof(script), hardening_py, SYS_unshare, SYS_unshare, SYS_mount, SYS_umount2,
+             SYS_clone, SYS_clone3, SYS_ptrace, SYS_keyctl, SYS_bpf, SYS_personality,
+             SYS_personality, SYS_personality, SYS_personality, SYS_ioctl, TIOCSTI);
+    {
+        const char *argv[] = {"/usr/bin/python3", "-c", script, NULL};
+        char err[1024];
+        int st2 = run(&sb, 2, NULL, argv, out, sizeof(out), err, sizeof(err));
+
+        CHECK(st2 == 0 && strcmp(out, hardening_expect) == 0, "seccomp verdicts: st=%d '%s' %s",
+              st2, out, err);
+    }
+    /* The same through ordinary tools. */
+    CHECK(sh(&sb, 3,
+             "unshare -U true 2>&1 && echo ESCAPED; mount -t tmpfs none /mnt 2>/dev/null && echo "
+             "MOUNTED; setarch $(uname -m) -R true 2>/dev/null && echo NORANDOM; true",
+             out, sizeof(out)) == 0 &&
+              strstr(out, "Operation not permitted") && !strstr(out, "ESCAPED") &&
+              !strstr(out, "MOUNTED") && !strstr(out, "NORANDOM"),
+          "tools: '%s'", out);
+#ifdef __x86_64__
+    /* Another ABI is not filtered by number: the process is killed. x32
+     * (syscall numbers with bit 30) and i386 (int 0x80 from a 64-bit process). */
+    {
+        const char *x32[] = {"/usr/bin/python3", "-c",
+                             "import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39); "
+                             "print('alive')",
+                             NULL};
+        const char *i386[] = {
+            "/usr/bin/python3", "-c",
+            "import ctypes, mmap\n"
+            "m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+            "m.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')  # mov eax, 20; int 0x80; ret\n"
+            "a = ctypes.addressof(ctypes.c_char.from_buffer(m))\n"
+            "print(ctypes.CFUNCTYPE(ctypes.c_int)(a)())\n",
+            NULL};
+        int st2 = run(&sb, 4, NULL, x32, out, sizeof(out), NULL, 0);
+
+        CHECK(st2 >= 0 && WIFSIGNALED(st2) && WTERMSIG(st2) == SIGSYS && out[0] == '\0',
+              "x32 syscall: st=%#x '%s'", st2, out);
+        st2 = run(&sb, 5, NULL, i386, out, sizeof(out), NULL, 0);
+        CHECK(st2 >= 0 && WIFSIGNALED(st2) && WTERMSIG(st2) == SIGSYS && out[0] == '\0',
+              "int 0x80: st=%#x '%s'", st2, out);
+    }
+#endif
+    /* Only the first profile counts: a later allow-all one is ignored, a
+     * malformed one too, and init survives both. */
+    {
+        struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+        sl_ctl_hdr h = {.type = SL_CTL_SECCOMP, .id = 0, .arg = 1};
+
+        CHECK(sl_ctl_send(sb.ctl_fd, &h, &allow, sizeof(allow), NULL, 0) == 0, "send SECCOMP");
+        h.arg = 7;
+        CHECK(sl_ctl_send(sb.ctl_fd, &h, &allow, sizeof(allow), NULL, 0) == 0, "send SECCOMP");
+        CHECK(sh(&sb, 6,
+                 "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null || echo "
+                 "refused",
+                 out, sizeof(out)) == 0 &&
+                  strcmp(out, "Seccomp:\t2\nrefused\n") == 0,
+              "second profile: '%s'", out);
+    }
+    /* The /dev nodes (and the /dev/null behind file masks) are the sandbox's
+     * own: a chmod or chown inside must never reach the host's inodes (a
+     * chmod 000 /dev/null would break the host); data must flow. (The
+     * attack sets the mode and owner they have: harmless if it reaches the
+     * host, where the ctime shows it.) */
+    {
+        struct stat before, after;
+
+        CHECK(stat("/dev/null", &before) == 0, "stat /dev/null");
+        CHECK(sh(&sb, 13,
+                 "for d in /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty "
+                 "/etc/shadow; do test -e $d || continue; chmod $(stat -c %a $d) $d; chown "
+                 "$(stat -c %u:%g $d) $d; done 2>/dev/null; echo data > /dev/null && head -c 3 "
+                 "/dev/zero | wc -c; stat -c %t:%T /dev/null /dev/tty",
+                 out, sizeof(out)) == 0 &&
+                  strcmp(out, "3\n1:3\n5:0\n") == 0,
+              "/dev: '%s'", out);
+        CHECK(stat("/dev/null", &after) == 0 && after.st_ctim.tv_sec == before.st_ctim.tv_sec &&
+                  after.st_ctim.tv_nsec == before.st_ctim.tv_nsec &&
+                  after.st_mode == before.st_mode,
+              "host /dev/null changed");
+    }
+    /* Global /proc entries have one mode and owner for every proc mount on
+     * the machine: /proc is read-only, so neither can change. (The attack
+     * sets the mode and owner they have.) /dev/stdout still works. */
+    CHECK(sh(&sb, 14,
+             "for f in /proc/buddyinfo /proc/meminfo /proc/slabinfo /proc/kallsyms; do test -e $f "
+             "|| continue; chmod $(stat -c %a $f) $f 2>/dev/null && echo chmod $f; chown "
+             "$(stat -c %u:%g $f) $f 2>/dev/null && echo chown $f; done; echo out > /dev/stdout",
+             out, sizeof(out)) == 0 &&
+              strcmp(out, "out\n") == 0,
+          "/proc metadata: '%s'", out);
+    /* Host secrets are hidden; the home dirs are empty but usable. */
+    if (lstat("/root", &st) == 0 && S_ISDIR(st.st_mode)) {
+        char want[64];
+
+        snprintf(want, sizeof(want), "0\n0\nrw\n%o\n", (unsigned)(st.st_mode & 07777));
+        CHECK(sh(&sb, 7,
+                 "cat /etc/shadow /etc/gshadow | wc -c; ls -A /root /home | grep -vc ':$\\|^$'; "
+                 "touch /root/x && echo rw; stat -c %a /root",
+                 out, sizeof(out)) == 0 &&
+                  strcmp(out, want) == 0,
+              "host masks: '%s' (want '%s')", out, want);
+    }
+    if (key[0]) {
+        snprintf(script, sizeof(script), "wc -c < %s; cat /etc/ssh/*_key | grep -c PRIVATE || true",
+                 key);
+        CHECK(sh(&sb, 8, script, out, sizeof(out)) == 0 && strcmp(out, "0\n0\n") == 0,
+              "ssh key mask: '%s'", out);
+        unlink(key);
+    }
+    /* init's own memory, environment and fds are out of reach (it holds
+     * capabilities the children lack, so the ptrace access check fails). */
+    CHECK(sh(&sb, 9,
+             "for f in mem environ fd/0; do cat /proc/1/$f >/dev/null 2>&1 && echo read $f; "
+             "done; true",
+             out, sizeof(out)) == 0 &&
+              out[0] == '\0',
+          "init reachable: '%s'", out);
+    /* kill -9 -1 inside: every process of the sandbox but init dies (the
+     * caller too, eventually), init survives and keeps spawning. The script
+     * first makes sure it is in the sandbox's pid namespace: a broken one
+     * must fail the test, not kill every process on the machine. */
+    {
+        const char *argv[] = {"/bin/sh", "-c",
+                              "[ \"$(ls -d /proc/[0-9]* | wc -l)\" -lt 30 ] || exit 99; "
+                              "sleep 1000 & sleep 0.05; kill -9 -1; echo survived",
+                              NULL};
+        int st2 = run(&sb, 10, NULL, argv, out, sizeof(out), NULL, 0);
+
+        CHECK(st2 >= 0 && st2 != 99 << 8, "kill -1 run: %#x", st2);
+        CHECK(kill(sb.init_pid, 0) == 0, "init died");
+        CHECK(sh(&sb, 11, "ps -e -o comm= | grep -c sleep || true", out, sizeof(out)) == 0 &&
+                  strcmp(out, "0\n") == 0,
+              "sleep survived kill -1: '%s'", out);
+    }
+    teardown(&sb, dir, 1);
 }
 
 static void test_spawn_failures(int memfd)
@@ -937,6 +1177,19 @@ int main(int argc, char **argv)
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (strcmp(argv[1], "--dump-seccomp") == 0) {
+        const struct sock_filter *prog;
+        size_t n;
+        int r = sl_seccomp_default(&prog, &n);
+
+        if (r < 0) {
+            fprintf(stderr, "seccomp profile: %s\n", strerror(-r));
+            return 1;
+        }
+        /* (The personality() prefix is not in libseccomp's pseudo code.) */
+        printf("# %zu BPF instructions in all\n", n);
+        return sl_seccomp_dump(STDOUT_FILENO) < 0;
+    }
     if (geteuid() != 0) {
         fprintf(stderr, "SKIP: test_sandbox needs root\n");
         return 77;
@@ -972,6 +1225,7 @@ int main(int argc, char **argv)
     int fds_before = count_fds();
 
     test_host_sandbox(memfd);
+    test_hardening(memfd);
     test_spawn_failures(memfd);
     test_dir_image(memfd);
     test_freezer_kill(memfd);
