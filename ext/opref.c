@@ -983,8 +983,12 @@ static PyType_Spec ref_spec = {
     .slots = ref_slots,
 };
 
+int sl_promise_add_type(PyObject *module, sl_modstate *st); /* promise.c */
+
 int sl_opref_add_types(PyObject *module, sl_modstate *st)
 {
+    if (sl_promise_add_type(module, st) < 0)
+        return -1;
     st->ref_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &ref_spec, NULL);
     if (st->ref_type == NULL || PyModule_AddType(module, st->ref_type) < 0)
         return -1;

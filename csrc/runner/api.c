@@ -5,7 +5,9 @@
 
 #include "sl_cgroup.h"
 #include "sl_common.h"
+#include "sl_fn.h"
 #include "sl_runner.h"
+#include "sl_snap.h"
 
 static void h_health(sl_req *r);
 
@@ -37,6 +39,24 @@ static const route routes[] = {
     {EVHTTP_REQ_GET, "/v1/volumes", sl_h_volumes},
     {EVHTTP_REQ_POST, "/v1/volumes", sl_h_volume_add},
     {EVHTTP_REQ_POST, "/v1/volumes/*/delete", sl_h_volume_delete},
+    /* remote functions (fn_*.c, docs/protocol.md section 4) */
+    {EVHTTP_REQ_POST, "/v1/functions", sl_h_fn_create},
+    {EVHTTP_REQ_GET, "/v1/functions", sl_h_fn_list},
+    {EVHTTP_REQ_GET, "/v1/functions/*", sl_h_fn_get},
+    {EVHTTP_REQ_POST, "/v1/functions/*/delete", sl_h_fn_delete},
+    {EVHTTP_REQ_POST, "/v1/functions/*/call", sl_h_fn_call},
+    {EVHTTP_REQ_POST, "/v1/functions/*/calls", sl_h_fn_calls},
+    {EVHTTP_REQ_POST, "/v1/calls/cancel", sl_h_calls_cancel},
+    {EVHTTP_REQ_POST, "/v1/calls/*/wait", sl_h_call_wait},
+    {EVHTTP_REQ_POST, "/v1/channels/*/wait", sl_h_chan_wait},
+    {EVHTTP_REQ_POST, "/v1/profiles", sl_h_profile_create},
+    {EVHTTP_REQ_GET, "/v1/profiles", sl_h_profile_list},
+    {EVHTTP_REQ_POST, "/v1/profiles/*/delete", sl_h_profile_delete},
+    {EVHTTP_REQ_POST, "/v1/sandboxes/*/snapshot", sl_h_snapshot},
+    {EVHTTP_REQ_GET, "/v1/snapshots", sl_h_snapshots},
+    {EVHTTP_REQ_GET, "/v1/snapshots/*", sl_h_snapshot_get},
+    {EVHTTP_REQ_POST, "/v1/snapshots/*/delete", sl_h_snapshot_delete},
+    {EVHTTP_REQ_POST, "/v1/snapshots/*/register", sl_h_snapshot_register},
 };
 
 #define MAX_SEGS 8

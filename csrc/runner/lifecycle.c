@@ -8,8 +8,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sl_fn.h"
 #include "sl_log.h"
 #include "sl_runner.h"
+#include "sl_snap.h"
 
 /* How long init may take to answer the entry's SPAWN. */
 #define START_TIMEOUT 30.0
@@ -226,9 +228,13 @@ static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
         if (b->cmd != NULL && b->cmd[0][0] == '\0')
             return sl_err_set(e, 400, "field 'cmd': the program name must not be empty");
     }
-    if (sl_msg_str(body, "image", 0, &b->image, e) < 0)
+    if (sl_msg_str(body, "image", 0, &b->image, e) < 0 ||
+        sl_msg_str(body, "snapshot", 0, &b->snapshot, e) < 0)
         return -1;
-    if (b->image == NULL && (b->image = strdup("host")) == NULL)
+    if (b->image != NULL && sl_snap_alias(b, e) < 0)
+        return -1;
+    /* With a snapshot, sl_snap_apply takes the image from it. */
+    if (b->image == NULL && b->snapshot == NULL && (b->image = strdup("host")) == NULL)
         return sl_err_set(e, 500, "strdup: out of memory");
     if (sl_msg_kvmap(body, "env", &b->env, &b->nenv, e) < 0 ||
         check_env(b->env, b->nenv, "env", e) < 0)
@@ -261,22 +267,29 @@ static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
                               "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
                               b->volumes[i].v);
     }
+    if (b->snapshot != NULL && sl_snap_apply(b, e) < 0)
+        return -1;
     return 0;
 }
 
 /* Resolve the image and volumes, make the per-sandbox dir and start init. */
-static int start_box(sl_box *b, sl_err *e)
+/* extra: more binds after the volumes (function workers' read-only mounts). */
+static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
 {
     sl_runner *rt = b->rt;
     char *rootfs = NULL;
     char **vpaths = NULL;
     sl_bind *binds = NULL;
+    char **layers = NULL;
+    size_t nlayers = 0;
     int rc = -1;
     if (sl_store_rootfs(rt, b->image, &rootfs, e) < 0)
         goto out;
-    if (b->nvolumes > 0) {
-        vpaths = calloc(b->nvolumes, sizeof(*vpaths));
-        binds = calloc(b->nvolumes, sizeof(*binds));
+    if (b->snapshot != NULL && sl_snap_layers(rt, b->snapshot, &layers, &nlayers, e) < 0)
+        goto out;
+    if (b->nvolumes + nextra > 0) {
+        vpaths = calloc(b->nvolumes + 1, sizeof(*vpaths));
+        binds = calloc(b->nvolumes + nextra, sizeof(*binds));
         if (vpaths == NULL || binds == NULL) {
             sl_err_set(e, 500, "calloc: out of memory");
             goto out;
@@ -289,6 +302,8 @@ static int start_box(sl_box *b, sl_err *e)
         binds[i].sandbox_path = b->volumes[i].k;
         binds[i].readonly = 0;
     }
+    for (size_t i = 0; i < nextra; i++)
+        binds[b->nvolumes + i] = extra[i];
     b->dir = sl_path_join(rt->sandboxes_dir, b->id);
     if (b->dir == NULL) {
         sl_err_set(e, 500, "out of memory");
@@ -309,10 +324,12 @@ static int start_box(sl_box *b, sl_err *e)
     sl_sandbox_config cfg = {
         .id = b->id,
         .rootfs = rootfs,
+        .layers = (const char *const *)layers,
+        .n_layers = nlayers,
         .dir = b->dir,
         .init_memfd = rt->init_memfd,
         .binds = binds,
-        .n_binds = b->nvolumes,
+        .n_binds = b->nvolumes + nextra,
         .masks = masks,
         .n_masks = nmasks,
     };
@@ -328,6 +345,7 @@ static int start_box(sl_box *b, sl_err *e)
     rc = 0;
 out:
     free(rootfs);
+    sl_strv_free(layers, nlayers);
     if (vpaths != NULL) {
         for (size_t i = 0; i < b->nvolumes; i++)
             free(vpaths[i]);
@@ -350,7 +368,15 @@ void sl_h_create(sl_req *r)
         sl_reply_error(r, 500, "cannot allocate a sandbox record");
         return;
     }
-    if (parse_create(b, r->body, &e) < 0 || start_box(b, &e) < 0) {
+    sl_kv *mounts = NULL;
+    sl_bind *mbinds = NULL;
+    size_t nmounts = 0;
+    int bad = parse_create(b, r->body, &e) < 0 ||
+              sl_mounts_parse(r->body, &mounts, &nmounts, &mbinds, &e) < 0 ||
+              start_box(b, mbinds, nmounts, &e) < 0;
+    free(mbinds);
+    sl_kv_free(mounts, nmounts, 0);
+    if (bad) {
         if (b->dir_made)
             sl_rm_rf(b->dir); /* empty: spawn leaves nothing behind on failure */
         sl_box_free(b);
@@ -390,6 +416,49 @@ void sl_h_create(sl_req *r)
     /* Answer only once init reports STARTED or SPAWN_FAILED, so that a
      * missing binary or bad workdir is this request's error. */
     sl_hold_new(r, &entry->start, START_TIMEOUT, on_start_timeout, entry);
+}
+
+/* Start a box the caller filled in (cmd, image, env, workdir, timeout) with
+ * no HTTP request behind it: the function pools' workers (fn_pool.c). On
+ * failure the box is freed or abandoned and must not be touched again. */
+int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e)
+{
+    sl_runner *rt = b->rt;
+    if (rt->nalive >= rt->max_sandboxes) {
+        sl_box_free(b);
+        return sl_err_set(e, 503, "runner at capacity: %zu sandboxes", rt->nalive);
+    }
+    if (start_box(b, binds, nbinds, e) < 0) {
+        if (b->dir_made)
+            sl_rm_rf(b->dir);
+        sl_box_free(b);
+        return -1;
+    }
+    b->created_at = sl_now();
+    sl_reg_add(rt, b);
+    if (hidden)
+        sl_reg_hide(rt, b);
+    b->timer = evtimer_new(rt->base, on_box_timer, b);
+    struct timeval tv = sl_tv(b->timeout);
+    if (b->timer == NULL || evtimer_add(b->timer, &tv) != 0 || sl_ctl_watch(b) < 0) {
+        abandon(b);
+        return sl_err_set(e, 500, "cannot watch sandbox %s (libevent)", b->id);
+    }
+    sl_proc *entry = sl_proc_new(b);
+    if (entry == NULL || (entry->cmd = sl_strv_dup(b->cmd, b->ncmd)) == NULL) {
+        abandon(b);
+        return sl_err_set(e, 500, "out of memory");
+    }
+    entry->ncmd = b->ncmd;
+    char **envp = sl_env_build(b, NULL, 0);
+    int rc = envp != NULL ? sl_proc_launch(entry, b->workdir, b->cmd, envp, e)
+                          : sl_err_set(e, 500, "out of memory");
+    sl_env_free(envp);
+    if (rc < 0) {
+        abandon(b);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- list, get, wait, terminate ---- */
@@ -481,6 +550,7 @@ void sl_h_terminate(sl_req *r)
 
 void sl_lifecycle_shutdown(sl_runner *rt)
 {
+    sl_fn_shutdown(rt); /* function pools let go of their workers first */
     for (sl_box *b = rt->first; b != NULL; b = b->next) {
         if (b->alive)
             sl_box_end(b, SL_B_TERMINATED);

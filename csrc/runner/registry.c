@@ -96,6 +96,7 @@ void sl_box_free(sl_box *b)
     sl_kv_free(b->env, b->nenv, 0);
     sl_kv_free(b->secrets, b->nsecrets, 1);
     sl_kv_free(b->volumes, b->nvolumes, 0);
+    free(b->snapshot);
     free(b->dir);
     free(b);
 }

@@ -126,6 +126,7 @@ typedef struct sl_box {
     size_t nsecrets;
     sl_kv *volumes; /* k = mount path, v = volume name */
     size_t nvolumes;
+    char *snapshot; /* restored from this snapshot id (snapshot.c), or NULL */
     double timeout;
     double created_at;
     double finished_at; /* 0 while running */
@@ -274,6 +275,9 @@ void sl_box_entry_started(sl_box *b);
 void sl_box_entry_failed(sl_box *b, const char *msg);
 void sl_box_init_reaped(sl_box *b, int wait_status);
 void sl_lifecycle_shutdown(sl_runner *rt);
+/* Start a caller-filled box without a request (function workers); 0 or -1
+ * with e set, the box then being freed or abandoned. */
+int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e);
 
 /* ---- ctlchan.c ---- */
 int sl_ctl_watch(sl_box *b);  /* start reading the box's control channel */

@@ -22,6 +22,7 @@
 
 #include "sl_log.h"
 #include "sl_runner.h"
+#include "sl_snap.h"
 
 static const char name_rule[] = "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}";
 
@@ -174,7 +175,7 @@ int sl_store_init(sl_runner *rt)
     sweep(rt->sandboxes_dir, 0);
     sweep(rt->images_dir, 1);
     sweep(rt->volumes_dir, 1);
-    return 0;
+    return sl_snap_init(rt);
 }
 
 /* ---- images ---- */
@@ -191,6 +192,12 @@ static int image_ok(sl_runner *rt, const char *name)
         return 0;
     int ok = is_dir(p);
     free(p);
+    /* Or an image registered from a snapshot (snapshot.c): a file naming it. */
+    struct stat st;
+    if (!ok && asprintf(&p, "%s/%s/snapshot", rt->images_dir, name) >= 0) {
+        ok = lstat(p, &st) == 0 && S_ISREG(st.st_mode);
+        free(p);
+    }
     return ok;
 }
 

@@ -42,6 +42,18 @@ from .errors import (
     SpawnError,
     error_from_response,
 )
+from .function import (
+    FunctionTimeoutError,
+    RemoteError,
+    RemoteFunction,
+    Serialization,
+    WorkerCrashedError,
+    as_completed,
+    function,
+    gather,
+    results,
+    wait,
+)
 from .image import Image
 from .process import InputStream, OutputStream, ProcessInfo, SandboxProcess
 from .sandbox import Sandbox, SandboxInfo, SandboxSnapshot
@@ -76,5 +88,15 @@ __all__ = [
     "RunnerUnavailableError",
     "AuthenticationError",
     "RequestTimeoutError",
+    "RemoteFunction",
+    "Serialization",
+    "RemoteError",
+    "WorkerCrashedError",
+    "FunctionTimeoutError",
+    "function",
+    "wait",
+    "as_completed",
+    "gather",
+    "results",
     "__version__",
 ]

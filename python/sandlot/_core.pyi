@@ -107,3 +107,25 @@ class Client:
         """
     def close(self) -> None:
         """Cancel this client's in-flight requests. Idempotent."""
+
+class Promise:
+    """An ``OperationRef`` completed from Python instead of by a request of its own
+    (remote-function batches: one response completes many refs).
+
+    ``label`` is a path shown in the ref's repr (must start with ``/``).
+    ``transform`` is applied to the decoded body of a 2xx completion, as for
+    ``Client.request``. ``on_cancel()`` is called (with the GIL) if the ref is
+    cancelled before completion. Dropping a pending Promise fails its ref.
+    Thread-safe: the first ``complete`` (or ``ref.cancel()``) wins.
+    """
+
+    def __init__(
+        self, label: str, transform: Callable[[Any], Any] | None = None, on_cancel: Callable[[], object] | None = None
+    ) -> None: ...
+    @property
+    def ref(self) -> OperationRef[Any]: ...
+    def complete(self, status: int, body: bytes) -> bool:
+        """Complete with an HTTP status and a msgpack body (``b""`` means ``{}``); a
+        4xx/5xx body ``{"error": {"code", "message"}}`` becomes the mapped exception.
+        True if this call completed the ref."""
+    def done(self) -> bool: ...

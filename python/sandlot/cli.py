@@ -9,6 +9,7 @@ Usage::
     sandlot exec ID -- CMD...     # run CMD in sandbox ID, stream its output, exit with its code
     sandlot logs [-f] ID          # the entry command's stdout+stderr (-f: follow)
     sandlot kill ID...            # terminate sandboxes
+    sandlot snapshot ls|rm ID...  # list / delete snapshots (also: image, volume)
 
 ``python -m sandlot`` does the same. The runner is found like the library finds
 it: ``SANDLOT_URL`` / ``SANDLOT_TOKEN``, else the embedded default.
@@ -30,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-from . import __version__
+from . import __version__, _cli_data
 from ._runtime import read_pid, stop_runner
 from .errors import NotFoundError, RunnerUnavailableError, SandboxError
 from .process import InputStream, OutputStream
@@ -297,6 +298,8 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kill", help="terminate sandboxes")
     k.add_argument("sandbox_ids", nargs="+", metavar="ID")
     k.set_defaults(fn=_cmd_kill)
+
+    _cli_data.add_commands(sub, _session, _out, _err, _age)
     return p
 
 

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._build import Built
+    from .session import Session
 
 __all__ = ["Image"]
 
@@ -33,6 +39,9 @@ class Image:
     """
 
     spec: str
+    #: build steps on top of ``spec`` (run_commands, copies, env, workdir);
+    #: an image with steps is built on first use (sandlot._build)
+    _steps: tuple[tuple[Any, ...], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec:
@@ -77,4 +86,83 @@ class Image:
         return cls(name)
 
     def __repr__(self) -> str:
+        if self._steps:
+            return f"Image({self.spec!r}, {len(self._steps)} steps)"
         return f"Image({self.spec!r})"
+
+    # -- the builder: each call returns a new Image -------------------------------
+    @classmethod
+    def from_tar(cls, path: str | os.PathLike[str]) -> Image:
+        """A root filesystem tarball (``debootstrap``, ``docker export``, ...).
+
+        Unpacked and registered with the runner on first use as
+        ``tar-<sha256 prefix>`` (once per distinct tarball).
+        """
+        p = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"Image.from_tar: {p} is not a file")
+        return cls("tar:" + p)
+
+    def _add(self, step: tuple[Any, ...]) -> Image:
+        return replace(self, _steps=self._steps + (step,))
+
+    def run_commands(self, *commands: str) -> Image:
+        """Run shell commands (``sh -c``, in order, stopping at the first
+        failure) in a sandbox of the image so far; their result is one layer."""
+        if not commands or not all(isinstance(c, str) and c for c in commands):
+            raise TypeError("run_commands() takes one or more non-empty shell command strings")
+        return self._add(("run", tuple(commands)))
+
+    def copy_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
+        """Copy a host file into the image at ``remote_path`` (absolute)."""
+        if not isinstance(remote_path, str) or not remote_path.startswith("/"):
+            raise ValueError(f"remote_path must be an absolute path, got {remote_path!r}")
+        return self._add(("copy_file", os.path.abspath(os.fspath(local_path)), remote_path))
+
+    def copy_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
+        """Copy a host directory's contents into ``remote_path`` (absolute)."""
+        if not isinstance(remote_path, str) or not remote_path.startswith("/"):
+            raise ValueError(f"remote_path must be an absolute path, got {remote_path!r}")
+        return self._add(("copy_dir", os.path.abspath(os.fspath(local_path)), remote_path))
+
+    def env(self, vars: Mapping[str, str]) -> Image:
+        """Environment for later steps and for sandboxes started from the image."""
+        if not isinstance(vars, Mapping) or not all(
+            isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in vars.items()
+        ):
+            raise TypeError("env() takes a mapping of variable name (str, no '=') to str")
+        return self._add(("env", tuple(sorted(vars.items()))))
+
+    def workdir(self, path: str) -> Image:
+        """Create ``path`` (absolute) and make it the working directory."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"workdir must be an absolute path, got {path!r}")
+        return self._add(("workdir", path))
+
+    def _needs_build(self) -> bool:
+        return bool(self._steps) or self.spec.startswith("tar:")
+
+    def build(self, *, session: Session | None = None, output: Callable[[str], Any] | None = None) -> Built:
+        """Build now (``Sandbox.create`` does it on first use); cached steps are
+        skipped. ``output`` receives the build log (default: ``sys.stderr``)."""
+        from ._build import build
+        from .session import _resolve
+
+        return build(self, _resolve(session), output)
+
+    def register(
+        self, name: str, *, session: Session | None = None, output: Callable[[str], Any] | None = None
+    ) -> Image:
+        """Build, then register the result with the runner as ``name``.
+
+        Returns ``Image.named(name)``; the name works wherever an image name
+        does (``Sandbox.create(image=...)``, RemoteFunction ``container_image``),
+        is listed by ``sandlot image ls`` and removed by ``sandlot image rm``.
+        Raises SandboxError (409) if the name is taken.
+        """
+        from ._build import register
+        from .session import _resolve
+
+        named = Image.named(name)  # validates the name first
+        register(self, name, _resolve(session), output)
+        return named

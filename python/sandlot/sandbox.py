@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _validate
-from ._aio import Op, classop, op
+from ._aio import Blocking, Op, classop, op
 from .errors import NotFoundError, SandboxError
 from .image import Image
 from .process import _TIMED_OUT, InputStream, OutputStream, ProcessInfo, SandboxProcess, _long_wait
 from .secret import Secret
 from .session import Session, _resolve
+from .snapshot import SNAPSHOT_TIMEOUT, SandboxSnapshot
 from .volume import Volume
 
 __all__ = ["Sandbox", "SandboxInfo", "SandboxSnapshot"]
@@ -39,10 +41,6 @@ log = logging.getLogger("sandlot")
 #: Time limit of a create request (building the overlay root can take a moment
 #: on a loaded host; the runner answers as soon as the entry command started).
 CREATE_TIMEOUT = 120.0
-
-
-class SandboxSnapshot:
-    """A memory checkpoint of a sandbox. Arrives with the snapshots issue."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +156,7 @@ class Sandbox:
         snapshot: SandboxSnapshot | None = None,
         *,
         session: Session | None = None,
+        mounted_files: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> Op[Sandbox]:
         """Start a sandbox running ``cmd``; returns once the command has started.
 
@@ -174,8 +173,20 @@ class Sandbox:
                 process is killed (exit code -9) and the status is ``"timeout"``.
             env: extra environment variables of the entry command and execs.
             workdir: absolute working directory inside the sandbox.
-            snapshot: not available yet (the snapshots issue).
+            snapshot: a :class:`SandboxSnapshot` (from :meth:`snapshot`) to
+                start from instead of a cold start: the root is the snapshot's
+                filesystem (files written, installed or deleted, over the same
+                image) with a fresh writable layer, so many sandboxes can start
+                from one snapshot without seeing each other's writes. ``env``,
+                ``workdir`` and ``cmd`` default to the snapshot's (``env`` is
+                merged, these values winning); ``image`` must be left out or be
+                the snapshot's. Processes and memory do not come back (see
+                :mod:`sandlot.snapshot`).
             session: the runner to use (default: :func:`sandlot.default_session`).
+            mounted_files: ``{"/path/inside": "/host/path"}``: host files or
+                directories bound read-only into the sandbox (writes fail with
+                EROFS); the host paths are the runner's. RemoteFunction's
+                ``mounted_files`` uses the same mechanism.
 
         Raises:
             TypeError / ValueError: bad arguments (nothing was sent).
@@ -228,12 +239,38 @@ class Sandbox:
         t = _validate.sandbox_timeout(timeout)
         env_map = _validate.env(env)
         wd = _validate.abs_path(workdir, "workdir", optional=True)
-        if snapshot is not None:
-            raise NotImplementedError(
-                "Sandbox.create(snapshot=...) arrives with the snapshots issue; create the sandbox without it"
+        mounts: dict[str, str] = {}
+        if mounted_files is not None:
+            if not isinstance(mounted_files, Mapping):
+                raise TypeError(
+                    "mounted_files must be a mapping of path inside -> host path, "
+                    f"got {type(mounted_files).__name__}"
+                )
+            for inside, host in mounted_files.items():
+                p = _validate.abs_path(inside, "mounted_files path inside the sandbox")
+                if p == "/":
+                    raise ValueError("mounted_files cannot mount over '/'")
+                h = os.fspath(host)
+                if not isinstance(h, str) or not h:
+                    raise TypeError(f"mounted_files[{p!r}] must be a host path (str), got {host!r}")
+                mounts[p] = os.path.abspath(h)
+        if snapshot is not None and not isinstance(snapshot, SandboxSnapshot):
+            raise TypeError(
+                "snapshot must be a sandlot.SandboxSnapshot (sb.snapshot() or SandboxSnapshot.lookup(id)), "
+                f"got {type(snapshot).__name__}"
             )
         sess = _resolve(session)
         yield from sess._ensure()
+        if isinstance(image, Image) and image._needs_build():
+            # Chained image: build (or find cached) layers, start from the top one.
+            if snapshot is not None:
+                raise ValueError("give either snapshot= or a built Image (with steps), not both")
+            built = yield Blocking(lambda: image.build(session=sess))
+            image_spec = built.base if built.snapshot_id is None else None
+            if built.snapshot_id is not None:
+                snapshot = SandboxSnapshot(built.snapshot_id, _session=sess)
+            env_map = {**built.env, **env_map}
+            wd = wd if wd is not None else built.workdir
         body = {
             "cmd": argv,
             "image": image_spec,
@@ -243,6 +280,10 @@ class Sandbox:
             "timeout": t,
             "volumes": vols,
         }
+        if snapshot is not None:
+            body["snapshot"] = snapshot.snapshot_id
+        if mounts:
+            body["mounts"] = mounts
         try:
             resp = yield sess.request("POST", "/v1/sandboxes", body, timeout=CREATE_TIMEOUT)
         except SandboxError as exc:
@@ -382,11 +423,24 @@ class Sandbox:
 
     @op
     def snapshot(self) -> Op[SandboxSnapshot]:
-        """Capture a memory checkpoint of the running sandbox (not available yet)."""
-        raise NotImplementedError(
-            "Sandbox.snapshot() arrives with the snapshots issue; until then, recreate the state "
-            "with Sandbox.create() and exec(), or keep files in a Volume"
+        """Capture the running sandbox's filesystem as a :class:`SandboxSnapshot`.
+
+        The sandbox's processes are frozen while its written files are copied
+        (so the capture is consistent) and keep running afterwards. The
+        snapshot records the image, env, workdir and entry command, and lives
+        in the runner's state dir until deleted. ``kind`` is ``"filesystem"``:
+        processes and memory are not captured (see :mod:`sandlot.snapshot`).
+
+        Raises:
+            SandboxNotRunningError: the sandbox has ended.
+            NotFoundError: unknown sandbox.
+        """
+        resp = yield self._session.request(
+            "POST", f"/v1/sandboxes/{self.sandbox_id}/snapshot", {}, timeout=SNAPSHOT_TIMEOUT
         )
+        snap = SandboxSnapshot._from_wire(resp["snapshot"], self._session)
+        log.debug("snapshot %s of %s", snap.snapshot_id, self.sandbox_id)
+        return snap
 
     # -- processes ------------------------------------------------------------------
     @op

@@ -187,6 +187,20 @@ class Session:
         resp: dict[str, Any] = yield self.request("GET", "/v1/health", timeout=30.0)
         return resp
 
+    # -- remote functions ---------------------------------------------------
+    def function(self, fn: Any = None, **options: Any) -> Any:
+        """Decorator: ``@session.function(...)`` makes a :class:`sandlot.RemoteFunction`
+        bound to this session (keyword arguments as for ``RemoteFunction``).
+
+        Example:
+            >>> @session.function(serialization=sandlot.Serialization.PICKLE)  # doctest: +SKIP
+            ... def add(a, b):
+            ...     return a + b
+        """
+        from .function import function as _function
+
+        return _function(fn, session=self, **options)
+
     # -- lifetime -----------------------------------------------------------
     def close(self) -> None:
         """Cancel this session's in-flight requests. Idempotent.

@@ -1,0 +1,43 @@
+/* sl_snap.h - filesystem snapshots of sandboxes (snapshot.c).
+ *
+ *   <state>/snapshots/<id>/meta    msgpack map: what a restore needs (image, env,
+ *                                  workdir, cmd, parent) and what users see
+ *   <state>/snapshots/<id>/layer   copy of the sandbox's overlay upper dir
+ *   <state>/snapshots/.tmp-<id>    a capture in flight (swept at start)
+ *
+ * A restored sandbox's root is overlay(lower = its snapshot's layer, the
+ * parent's layer, ... , the base image; upper = fresh).
+ */
+#ifndef SL_SNAP_H
+#define SL_SNAP_H
+
+#include <time.h>
+
+#include "sl_runner.h"
+
+#define SL_SNAP_MAX_DEPTH 128 /* snapshots of snapshots: overlay allows 500 lowers */
+
+int sl_snap_init(sl_runner *rt); /* make the dir, drop leftovers; 0 or -1 (logged) */
+/* Create: b->snapshot is set; take image, env, workdir, cmd from it where the
+ * request left them out (env: the snapshot's, overridden by the request's). */
+int sl_snap_apply(sl_box *b, sl_err *e);
+/* The layer dirs of snapshot id and its ancestors, top first. */
+int sl_snap_layers(sl_runner *rt, const char *id, char ***layers, size_t *n, sl_err *e);
+/* snap_sync.c: make dst equal to src again, recopying only entries whose
+ * ctime is >= *t0 (and removing what src no longer has). 0 or -errno with a
+ * message in err. */
+int sl_snap_sync(const char *src, const char *dst, const struct timespec *t0, char *err,
+                 size_t errlen);
+/* mounts.c: the create request's "mounts" {sandbox path: host path} as
+ * read-only binds (pointing into *kv). Free both (sl_kv_free, free). */
+int sl_mounts_parse(const msgpack_object *body, sl_kv **kv, size_t *n, sl_bind **binds, sl_err *e);
+/* Create: if b->image names an image registered from a snapshot
+ * (<state>/images/<name>/snapshot), start from that snapshot instead. */
+int sl_snap_alias(sl_box *b, sl_err *e);
+void sl_h_snapshot_register(sl_req *r); /* POST /v1/snapshots/{id}/register {"name"} */
+void sl_h_snapshot(sl_req *r);        /* POST /v1/sandboxes/{id}/snapshot */
+void sl_h_snapshots(sl_req *r);       /* GET /v1/snapshots */
+void sl_h_snapshot_get(sl_req *r);    /* GET /v1/snapshots/{id} */
+void sl_h_snapshot_delete(sl_req *r); /* POST /v1/snapshots/{id}/delete */
+
+#endif

@@ -1,0 +1,188 @@
+"""The worker process of a remote function (runs inside a sandbox).
+
+Started by the runner as ``python -c <boot>`` that runs this file by path
+(so the sandlot package, its C extension and its sibling module names are
+not imported or put on ``sys.path``). Protocol (docs/protocol.md section 4),
+on the process's original stdin/stdout:
+
+* runner -> worker frames: ``uint32 BE length`` (of what follows), ``uint64 BE
+  seq``, payload. The first frame (seq 0) is the *spec*: a pickle of a dict
+  with the function (cloudpickle bytes), the serialization and ``sys.path``; every later frame is one call's arguments.
+* worker -> runner frames: ``uint32 BE length``, a kind byte (``R`` ready,
+  ``O`` result, ``E`` raised, ``F`` the function could not be loaded), ``uint64
+  BE seq``, payload.
+
+The protocol descriptors are moved away at start and fd 1 is pointed at fd 2,
+so ``print`` in user code goes to the sandbox's stderr and can never corrupt a
+frame. Calls run one at a time, in order; each result is written as soon as
+it exists (one write per call), so a later call that kills the process cannot
+take an earlier call's result with it. Input is read in large chunks, so a
+pipelined batch of calls costs one read.
+"""
+
+import os
+import struct
+import sys
+import traceback
+
+HDR_IN = struct.Struct(">IQ")
+HDR_OUT = struct.Struct(">IBQ")
+
+
+def _describe_error(exc, pickle_ok):
+    import json
+
+    info = {
+        "type": type(exc).__qualname__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "args": None,
+        "pickled": None,
+    }
+    try:
+        json.dumps(list(exc.args))
+        info["args"] = list(exc.args)
+    except Exception:
+        pass
+    if pickle_ok:
+        try:
+            import pickle
+
+            info["pickled"] = pickle.dumps(exc, protocol=5).hex()
+        except Exception:
+            pass
+    return json.dumps(info).encode()
+
+
+def _codec(kind):
+    if kind == "json":
+        import json
+
+        dumps = json.dumps
+
+        def enc(v):
+            return dumps(v, separators=(",", ":")).encode()
+
+        return enc, json.loads
+    if kind == "pickle":
+        import pickle
+
+        def enc(v):
+            try:
+                return pickle.dumps(v, protocol=5)
+            except Exception:
+                import cloudpickle
+
+                return cloudpickle.dumps(v, protocol=5)
+
+        return enc, pickle.loads
+    if kind == "msgpack":
+        from sandlot import _core
+
+        return _core.packb, _core.unpackb
+    raise ValueError(f"unknown serialization {kind!r}")
+
+
+def main():
+    pin = os.dup(0)
+    pout = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    os.set_inheritable(pin, False)
+    os.set_inheritable(pout, False)
+    buf = bytearray()
+    out = []
+
+    def write_all(data):
+        view = memoryview(data)
+        while view:
+            n = os.write(pout, view)
+            view = view[n:]
+
+    def flush():
+        if out:
+            write_all(b"".join(out))
+            out.clear()
+
+    def send(kind, seq, payload):
+        out.append(HDR_OUT.pack(9 + len(payload), kind, seq))
+        out.append(payload)
+
+    def next_frame():
+        """(seq, payload) of the next frame, or None at EOF."""
+        while True:
+            if len(buf) >= 12:
+                n, seq = HDR_IN.unpack_from(buf)
+                if len(buf) >= 4 + n:
+                    payload = bytes(buf[12 : 4 + n])
+                    del buf[: 4 + n]
+                    return seq, payload
+            # Nothing complete buffered: results must not wait for input.
+            flush()
+            chunk = os.read(pin, 1 << 20)
+            if not chunk:
+                return None
+            buf.extend(chunk)
+
+    first = next_frame()
+    if first is None:
+        return 0
+    try:
+        import pickle
+
+        spec = pickle.loads(first[1])
+        path = [p for p in spec.get("sys_path", []) if isinstance(p, str)]
+        sys.path[:] = path or sys.path
+        tmp = spec.get("temp_dir")
+        if tmp:
+            os.makedirs(tmp, exist_ok=True)
+        if spec.get("cwd"):
+            try:
+                os.chdir(spec["cwd"])
+            except OSError:
+                pass
+        fn = pickle.loads(spec["fn"])
+        kind = spec.get("serialization", "json")
+        enc, dec = _codec(kind)
+    except BaseException as exc:  # noqa: BLE001 - reported to the client
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        send(ord("F"), 0, text.encode("utf-8", "replace"))
+        flush()
+        return 1
+    pickle_errors = kind == "pickle"
+    send(ord("R"), 0, b"")
+    flush()
+    while True:
+        frame = next_frame()
+        if frame is None:
+            flush()
+            return 0
+        seq, payload = frame
+        try:
+            args, kwargs = dec(payload)
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker must live
+            send(ord("E"), seq, _describe_error(exc, pickle_errors))
+        else:
+            try:
+                data = enc(result)
+            except BaseException as exc:  # noqa: BLE001
+                err = TypeError(
+                    f"the return value of {getattr(fn, '__qualname__', fn)!s} (type "
+                    f"{type(result).__name__}) cannot be serialized with Serialization."
+                    f"{kind.upper()}: {exc}"
+                )
+                send(ord("E"), seq, _describe_error(err, pickle_errors))
+            else:
+                send(ord("O"), seq, data)
+        # Written at once: a later call may kill the process (os._exit, a
+        # segfault) before a batched write, and a finished call's result
+        # must not die with it.
+        flush()
+
+
+if __name__ in ("__main__", "__sandlot_worker__"):
+    sys.exit(main())

@@ -1,0 +1,885 @@
+"""Remote functions: run a Python function in warm sandboxes.
+
+``RemoteFunction`` wraps a synchronous function. ``remote(*args, **kwargs)``
+returns an :class:`~sandlot._core.OperationRef` at once (``.result()`` or
+``await``); ``map(items)`` launches one call per tuple of positional
+arguments and returns their refs in order; ``local(...)`` runs the original
+function in this process.
+
+The runner keeps, per registered function, a queue of calls and a pool of
+warm worker sandboxes (each loads the function once, then serves calls one at
+a time), so a call on a warm pool costs one HTTP round trip and ``map`` over
+10,000 items is a handful of batched requests. See docs/protocol.md section 4
+and docs/architecture.md ("Remote functions").
+
+Example::
+
+    import sandlot
+
+    @sandlot.function()
+    def add(a, b):
+        return a + b
+
+    add.remote(2, 3).result()                              # 5
+    [r.result() for r in add.map([(1, 2), (3, 4)])]      # [3, 7]
+    add.local(2, 3)                                        # 5
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import functools
+import inspect
+import json
+import logging
+import os
+import pickle
+import secrets
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from . import _core, errors
+from .session import Session, default_session
+
+__all__ = [
+    "RemoteFunction",
+    "Serialization",
+    "RemoteError",
+    "WorkerCrashedError",
+    "FunctionTimeoutError",
+    "function",
+    "wait",
+    "as_completed",
+    "gather",
+    "results",
+    "create_profile",
+    "list_profiles",
+    "delete_profile",
+    "DEFAULT_TEMP_DIR",
+]
+
+log = logging.getLogger("sandlot")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Default scratch directory inside the sandbox (``TMPDIR``).
+DEFAULT_TEMP_DIR = "/tmp"
+#: Batched submissions are split so that no request body exceeds this.
+_BATCH_BYTES = 16 << 20
+_BATCH_CALLS = 20000
+_WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+_BOOT = "import runpy,sys; runpy.run_path(sys.argv[1], run_name='__sandlot_worker__')"
+
+
+class Serialization(enum.Enum):
+    """How arguments and results travel.
+
+    * ``JSON`` (default): ``json``; tuples arrive as lists, dict keys as str.
+    * ``PICKLE``: pickle protocol 5 for data (cloudpickle when plain pickle
+      cannot), and remote exceptions keep their exact type. Only for code
+      you trust: results are unpickled in your process.
+    * ``MSGPACK``: the C codec (``sandlot._core.packb``): None, bool, int,
+      float, str, bytes, list/tuple, dict.
+
+    The function itself is always shipped with cloudpickle.
+    """
+
+    JSON = "json"
+    PICKLE = "pickle"
+    MSGPACK = "msgpack"
+
+
+class RemoteError(errors.SandboxError):
+    """A remote call failed in a way that is not the function's own exception
+    (its worker died, no worker could start, the function could not load), or
+    the function raised an exception whose type cannot be rebuilt here.
+
+    Attributes:
+        remote_type: ``"module.QualName"`` of the remote exception, if any.
+        remote_traceback: the traceback text from the sandbox, if any.
+    """
+
+    default_code = "remote_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int = 0,
+                 remote_type: str | None = None, remote_traceback: str | None = None) -> None:
+        super().__init__(message, code=code, status=status)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+
+class WorkerCrashedError(RemoteError):
+    """The worker sandbox died while running the call (segfault, ``os._exit``,
+    out of memory); the pool replaced it."""
+
+    default_code = "crashed"
+
+
+class FunctionTimeoutError(RemoteError, TimeoutError):
+    """The call ran longer than ``max_timeout_seconds``; its worker was killed
+    and replaced."""
+
+    default_code = "timeout"
+
+
+def _qualname(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+# ---------------------------------------------------------------------------
+# serialization
+# ---------------------------------------------------------------------------
+
+def _json_enc(v: Any) -> bytes:
+    return json.dumps(v, separators=(",", ":")).encode()
+
+
+def _pickle_enc(v: Any) -> bytes:
+    try:
+        return pickle.dumps(v, protocol=5)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(v, protocol=5)
+
+
+_ENCODERS: dict[Serialization, Callable[[Any], bytes]] = {
+    Serialization.JSON: _json_enc,
+    Serialization.PICKLE: _pickle_enc,
+    Serialization.MSGPACK: _core.packb,
+}
+_DECODERS: dict[Serialization, Callable[[bytes], Any]] = {
+    Serialization.JSON: json.loads,
+    Serialization.PICKLE: pickle.loads,
+    Serialization.MSGPACK: _core.unpackb,
+}
+
+
+def _ship_by_value(fn: Any, image: str | None) -> bool:
+    mod = getattr(fn, "__module__", None)
+    if mod in (None, "__main__", "__mp_main__") or "<locals>" in _qualname(fn):
+        return True
+    m = sys.modules.get(mod)
+    if m is None or getattr(m, "__file__", None) is None:
+        return True  # exec'd or synthesised modules: nothing to import remotely
+    if image not in (None, "host"):
+        # Another root filesystem need not contain the module's file.
+        return not mod.split(".")[0] in sys.stdlib_module_names
+    return False
+
+
+#: Directories a host-image sandbox replaces with empty tmpfs mounts: the
+#: client's interpreter or code living there must be mounted in explicitly.
+_MASKED = ("/root", "/home", "/tmp", "/run", "/var/tmp")
+
+
+def _mounts(image: str | None) -> list[str]:
+    """Host directories the workers need read-only at the same path: this
+    interpreter's prefix and the import path, when they sit under a directory
+    the sandbox masks (a pyenv under /root, a checkout under /tmp)."""
+    if image not in (None, "host"):
+        return []
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cands = [sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)), here]
+    # Explicit import-path entries only: "" (the current directory) is not
+    # mounted, so running from $HOME does not expose all of it.
+    cands += [p for p in sys.path if isinstance(p, str) and p]
+    home = os.path.realpath(os.path.expanduser("~"))
+    real = []
+    for c in cands:
+        try:
+            r = os.path.realpath(c)
+        except OSError:
+            continue
+        if r in _MASKED or r == home:
+            continue  # a whole home or /tmp is too much to expose
+        if any(r.startswith(m + "/") for m in _MASKED) and os.path.isdir(r):
+            real.append(r)
+    out: list[str] = []
+    for r in sorted(set(real)):
+        if not any(r == o or r.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(r)
+    return out
+
+
+def _dump_function(fn: Any, image: str | None) -> bytes:
+    import cloudpickle
+
+    if _ship_by_value(fn, image):
+        mod = sys.modules.get(getattr(fn, "__module__", "") or "")
+        if mod is not None and mod.__name__ not in ("__main__", "__mp_main__") and getattr(mod, "__file__", None):
+            cloudpickle.register_pickle_by_value(mod)
+            try:
+                return cloudpickle.dumps(fn, protocol=5)
+            finally:
+                cloudpickle.unregister_pickle_by_value(mod)
+        return cloudpickle.dumps(fn, protocol=5)
+    return cloudpickle.dumps(fn, protocol=5)
+
+
+# ---------------------------------------------------------------------------
+# the collector: outcomes of batched calls arrive on a channel
+# ---------------------------------------------------------------------------
+
+class _Collector:
+    """One per session: long-polls the session's channel and completes the
+    Promise of each finished batched call."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = weakref.ref(session)
+        self._client = session._client
+        self.channel = "ch-" + secrets.token_hex(8)
+        self._pending: dict[str, _core.Promise] = {}
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, items: list[tuple[str, _core.Promise]]) -> None:
+        with self._cv:
+            self._pending.update(items)
+
+    def start(self) -> None:
+        with self._cv:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sandlot-collector", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def forget(self, call_id: str) -> None:
+        with self._cv:
+            self._pending.pop(call_id, None)
+
+    def fail(self, ids: Iterable[str], status: int, code: str, message: str) -> None:
+        body = _core.packb({"error": {"code": code, "message": message}})
+        for cid in ids:
+            with self._cv:
+                p = self._pending.pop(cid, None)
+            if p is not None:
+                p.complete(status, body)
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._cv:
+                while not self._pending:
+                    if not self._cv.wait(timeout=30.0) and not self._pending:
+                        self._thread = None
+                        return
+            try:
+                resp = self._client.request(
+                    "POST", f"/v1/channels/{self.channel}/wait", {"timeout": 25.0, "max": 65536}, timeout=60.0
+                ).result()
+                failures = 0
+            except errors.SandboxError as exc:
+                failures += 1
+                if failures >= 5 or isinstance(exc, errors.NotFoundError):
+                    with self._cv:
+                        ids = list(self._pending)
+                    self.fail(ids, exc.status, exc.code, f"lost contact with the runner: {exc}")
+                    failures = 0
+                time.sleep(min(1.0, 0.05 * 2**failures))
+                continue
+            calls = resp.get("calls", [])
+            if not calls and resp.get("pending", 0) == 0:
+                time.sleep(0.001)  # the submission has not landed yet
+                continue
+            for rec in calls:
+                with self._cv:
+                    p = self._pending.pop(rec["call_id"], None)
+                if p is not None:
+                    p.complete(200, _core.packb(rec))
+
+
+_collectors: weakref.WeakKeyDictionary[Session, _Collector] = weakref.WeakKeyDictionary()
+_collectors_lock = threading.Lock()
+
+
+def _collector(session: Session) -> _Collector:
+    with _collectors_lock:
+        c = _collectors.get(session)
+        if c is None:
+            c = _collectors[session] = _Collector(session)
+        return c
+
+
+# ---------------------------------------------------------------------------
+# RemoteFunction
+# ---------------------------------------------------------------------------
+
+def _check_str_map(name: str, v: Any) -> dict[str, str] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise TypeError(f"{name} must be a dict of str to str, got {v!r}")
+    return dict(v)
+
+
+def _check_str_list(name: str, v: Any) -> list[str] | None:
+    if v is None:
+        return None
+    if isinstance(v, str) or not all(isinstance(x, str) for x in v):
+        raise TypeError(f"{name} must be a list of str, got {v!r}")
+    return list(v)
+
+
+def _as_dict(name: str, v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if hasattr(v, "__dataclass_fields__"):
+        import dataclasses
+
+        v = dataclasses.asdict(v)
+    elif hasattr(v, "model_dump"):
+        v = v.model_dump()
+    if not isinstance(v, dict):
+        raise TypeError(f"{name} must be a dict (or an options object), got {type(v).__name__}")
+    try:
+        _core.packb(v)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must contain only plain data: {exc}") from None
+    return v
+
+
+class RemoteFunction(Generic[P, R]):
+    """Wrapper for remote execution of a synchronous function in sandboxes.
+
+    Parameters follow the seed signature; every one does something:
+
+    * ``container_image``: the image (name registered with ``Image``, or
+      ``"dir:/abs/path"``) of the worker sandboxes; ``None`` is the host's root.
+      The interpreter (this process's ``sys.executable``) must exist there.
+    * ``serialization``: see :class:`Serialization`.
+    * ``temp_dir``: created in the sandbox and exported as ``TMPDIR``.
+    * ``environment_variables``: the workers' environment.
+    * ``annotations``: stored with the function and its calls; listed by
+      ``GET /v1/functions``.
+    * ``mounted_files``: ``[{"local_path": ..., "mount_path": ...}]``: host
+      files or directories bind-mounted read-only into the worker sandboxes.
+    * ``runner_ids``: runners allowed to run the calls; must include the
+      session's runner (its ``health()["runner_id"]``), else ``InvalidArgumentError``.
+    * ``profile_ids`` / ``profile_names``: runner-side presets made with
+      :func:`create_profile` (``sandlot profile create``): their image and
+      environment apply where this function sets none; unknown ones raise
+      ``NotFoundError`` at the first call.
+    * ``resources``, ``network``, ``ports``, ``s3_mount``: validated and
+      stored with the function (enforced once the runner supports them).
+    * ``max_timeout_seconds``: bound on each call; the call fails with
+      :class:`FunctionTimeoutError` (a ``TimeoutError``) and its worker is
+      killed and replaced.
+
+    Pool options (keyword-only extras): ``max_workers`` (default
+    ``min(nproc, 4)``), ``min_workers`` (kept warm, default 0),
+    ``idle_timeout`` (seconds before an idle worker is reaped, default 60),
+    ``fresh_sandbox`` (a new sandbox per call, for untrusted code).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        session: Session | None,
+        container_image: str | None = None,
+        serialization: Serialization = Serialization.JSON,
+        temp_dir: str = DEFAULT_TEMP_DIR,
+        profile_ids: list[str] | None = None,
+        profile_names: list[str] | None = None,
+        runner_ids: list[str] | None = None,
+        resources: Any | None = None,
+        mounted_files: list[dict[str, Any]] | None = None,
+        s3_mount: dict[str, Any] | None = None,
+        ports: list[dict[str, Any]] | None = None,
+        network: Any | None = None,
+        max_timeout_seconds: int | None = None,
+        environment_variables: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        max_workers: int | None = None,
+        min_workers: int = 0,
+        idle_timeout: float | None = None,
+        fresh_sandbox: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"RemoteFunction needs a callable, got {type(fn).__name__}")
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"{_qualname(fn)} is an async function; remote functions must be synchronous "
+                "(call it with asyncio.run inside a sync wrapper if you need to)"
+            )
+        if session is not None and not isinstance(session, Session):
+            raise TypeError(f"session must be a sandlot.Session, got {type(session).__name__}")
+        if not isinstance(serialization, Serialization):
+            raise TypeError(f"serialization must be a sandlot.Serialization, got {serialization!r}")
+        if container_image is not None and not isinstance(container_image, str):
+            # An Image object: use its name.
+            container_image = getattr(container_image, "name", None) or str(container_image)
+        if not isinstance(temp_dir, str) or not temp_dir.startswith("/"):
+            raise ValueError(f"temp_dir must be an absolute path, got {temp_dir!r}")
+        if max_timeout_seconds is not None and (
+            isinstance(max_timeout_seconds, bool) or not isinstance(max_timeout_seconds, (int, float))
+            or max_timeout_seconds <= 0
+        ):
+            raise ValueError(f"max_timeout_seconds must be a positive number, got {max_timeout_seconds!r}")
+        if max_workers is not None and (not isinstance(max_workers, int) or not 1 <= max_workers <= 256):
+            raise ValueError(f"max_workers must be an int in [1, 256], got {max_workers!r}")
+        if not isinstance(min_workers, int) or min_workers < 0:
+            raise ValueError(f"min_workers must be an int >= 0, got {min_workers!r}")
+        self._fn = fn
+        self._session = session
+        self.container_image = container_image
+        self.serialization = serialization
+        self.temp_dir = temp_dir
+        self.profile_ids = _check_str_list("profile_ids", profile_ids)
+        self.profile_names = _check_str_list("profile_names", profile_names)
+        self.runner_ids = _check_str_list("runner_ids", runner_ids)
+        self.resources = _as_dict("resources", resources)
+        self.network = _as_dict("network", network)
+        self.s3_mount = _as_dict("s3_mount", s3_mount)
+        if ports is not None and (not isinstance(ports, list) or not all(isinstance(p, dict) for p in ports)):
+            raise TypeError(f"ports must be a list of dicts, got {ports!r}")
+        self.ports = [dict(p) for p in ports] if ports is not None else None
+        self.mounted_files = self._check_mounts(mounted_files)
+        self.max_timeout_seconds = max_timeout_seconds
+        self.environment_variables = _check_str_map("environment_variables", environment_variables)
+        self.annotations = _check_str_map("annotations", annotations)
+        self.max_workers = max_workers
+        self.min_workers = min_workers
+        self.idle_timeout = idle_timeout
+        self.fresh_sandbox = bool(fresh_sandbox)
+        try:
+            self._sig: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self._sig = None
+        self._enc = _ENCODERS[serialization]
+        self._dec = _DECODERS[serialization]
+        self._fn_id: str | None = None
+        self._reg_session: Session | None = None
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    # -- helpers -----------------------------------------------------------
+    @staticmethod
+    def _check_mounts(mounted_files: Any) -> list[dict[str, Any]] | None:
+        if mounted_files is None:
+            return None
+        out = []
+        for m in mounted_files:
+            if not isinstance(m, dict):
+                raise TypeError(f"mounted_files entries must be dicts, got {m!r}")
+            path = m.get("mount_path") or m.get("path")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"mounted_files entry needs an absolute 'mount_path': {m!r}")
+            local = m.get("local_path") or m.get("host_path") or m.get("source")
+            if not isinstance(local, str):
+                raise ValueError(f"mounted_files entry needs a 'local_path': {m!r}")
+            local = os.path.realpath(local)
+            if not os.path.exists(local):
+                raise FileNotFoundError(f"mounted_files: {local} does not exist")
+            out.append({"mount_path": path, "local_path": local})
+        return out
+
+    def _sess(self) -> Session:
+        return self._session if self._session is not None else default_session()
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {_qualname(self._fn)} serialization={self.serialization.name}>"
+
+    def _spec(self) -> bytes:
+        spec = {
+            "fn": _dump_function(self._fn, self.container_image),
+            "serialization": self.serialization.value,
+            "sys_path": [p for p in sys.path if isinstance(p, str)],
+            "temp_dir": self.temp_dir,
+            "cwd": os.getcwd() if self.container_image in (None, "host") else None,
+            "name": _qualname(self._fn),
+        }
+        return pickle.dumps(spec, protocol=5)
+
+    def _registration(self) -> dict[str, Any]:
+        env = {"TMPDIR": self.temp_dir, "PYTHONDONTWRITEBYTECODE": "1"}
+        env.update(self.environment_variables or {})
+        options = {
+            k: v
+            for k, v in {
+                "resources": self.resources,
+                "network": self.network,
+                "ports": self.ports,
+                "s3_mount": self.s3_mount,
+                "profile_ids": self.profile_ids,
+                "profile_names": self.profile_names,
+                "serialization": self.serialization.value,
+                "temp_dir": self.temp_dir,
+                "mounted_files": [m["mount_path"] for m in self.mounted_files or []],
+            }.items()
+            if v is not None
+        }
+        body: dict[str, Any] = {
+            "name": _qualname(self._fn),
+            "spec": self._spec(),
+            "cmd": [sys.executable, "-c", _BOOT, _WORKER_FILE],
+            "image": self.container_image,
+            "env": env,
+            "annotations": self.annotations or {},
+            "options": options,
+            "runner_ids": self.runner_ids,
+            "profile_ids": self.profile_ids,
+            "profile_names": self.profile_names,
+            "mounts": {**{p: p for p in _mounts(self.container_image)},
+                       **{m["mount_path"]: m["local_path"] for m in self.mounted_files or []}},
+            "call_timeout": float(self.max_timeout_seconds) if self.max_timeout_seconds else None,
+            "min_workers": self.min_workers,
+            "fresh": self.fresh_sandbox,
+        }
+        if self.max_workers is not None:
+            body["max_workers"] = self.max_workers
+        if self.idle_timeout is not None:
+            body["idle_timeout"] = float(self.idle_timeout)
+        return body
+
+    def _ensure(self) -> tuple[Session, str]:
+        sess = self._sess()
+        fid = self._fn_id
+        if fid is not None and self._reg_session is sess:
+            return sess, fid
+        with self._lock:
+            if self._fn_id is None or self._reg_session is not sess:
+                sess.health()  # starts the embedded runner if needed
+                resp = sess.request("POST", "/v1/functions", self._registration()).result()
+                self._fn_id = resp["function"]["function_id"]
+                self._reg_session = sess
+            return sess, self._fn_id
+
+    @property
+    def function_id(self) -> str:
+        """The runner's id of this function (registers it on first use)."""
+        return self._ensure()[1]
+
+    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any], shapes: set[Any] | None = None) -> bytes:
+        if self._sig is not None:
+            # map() checks each distinct call shape once: binding costs more
+            # than encoding a small call.
+            shape = (len(args), tuple(kwargs)) if shapes is not None else None
+            if shape is None or shape not in shapes:
+                try:
+                    self._sig.bind(*args, **kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"{_qualname(self._fn)}(): {exc}") from None
+                if shapes is not None:
+                    shapes.add(shape)
+        try:
+            return self._enc([args, kwargs])
+        except Exception as exc:
+            raise self._encode_error(args, kwargs, exc) from None
+
+    def _encode_error(self, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> Exception:
+        names: list[tuple[str, Any]] = []
+        bound = None
+        if self._sig is not None:
+            try:
+                bound = self._sig.bind(*args, **kwargs)
+            except TypeError:
+                bound = None
+        if bound is not None:
+            names = list(bound.arguments.items())
+        else:
+            names = [(f"#{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+        for name, value in names:
+            try:
+                self._enc(value)
+            except Exception as inner:
+                return TypeError(
+                    f"argument {name!r} of {_qualname(self._fn)}() (type {type(value).__name__}) "
+                    f"cannot be serialized with Serialization.{self.serialization.name}: {inner}"
+                    + ("; try Serialization.PICKLE" if self.serialization is not Serialization.PICKLE else "")
+                )
+        return TypeError(
+            f"the arguments of {_qualname(self._fn)}() cannot be serialized with "
+            f"Serialization.{self.serialization.name}: {exc}"
+        )
+
+    def _outcome(self, rec: dict[str, Any]) -> Any:
+        status = rec.get("status")
+        if status == "ok":
+            return self._dec(rec["data"])
+        msg = rec.get("message") or status
+        if status == "error":
+            raise self._rebuild(rec.get("data") or b"{}")
+        if status == "timeout":
+            raise FunctionTimeoutError(msg, code="timeout")
+        if status == "cancelled":
+            raise concurrent.futures.CancelledError(msg)
+        if status == "crashed":
+            raise WorkerCrashedError(msg, code="crashed")
+        raise RemoteError(msg, code=status or "failed")
+
+    def _rebuild(self, data: bytes) -> BaseException:
+        info = json.loads(data)
+        tb = info.get("traceback") or ""
+        tname = f"{info.get('module')}.{info.get('type')}"
+        exc: BaseException | None = None
+        if info.get("pickled") and self.serialization is Serialization.PICKLE:
+            try:
+                exc = pickle.loads(bytes.fromhex(info["pickled"]))
+            except Exception:
+                exc = None
+        if exc is None and info.get("module") == "builtins":
+            import builtins
+
+            cls = getattr(builtins, str(info.get("type")), None)
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                try:
+                    exc = cls(*(info.get("args") or [info.get("message", "")]))
+                except Exception:
+                    exc = None
+        if not isinstance(exc, BaseException):
+            exc = RemoteError(f"{tname}: {info.get('message', '')}", code="remote_exception",
+                              remote_type=tname, remote_traceback=tb)
+        try:
+            exc.remote_traceback = tb  # type: ignore[attr-defined]
+        except Exception:
+            pass
+        if hasattr(exc, "add_note"):
+            exc.add_note("Remote traceback (in the sandbox):\n" + tb.rstrip())
+        return exc
+
+    # -- the API -----------------------------------------------------------
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> _core.OperationRef[R]:
+        """Run the function in a sandbox; return its ``OperationRef`` at once.
+
+        One HTTP request submits the call and is held by the runner until the
+        call finishes. ``ref.cancel()`` (or cancelling the awaiting task)
+        cancels the call: dropped if queued, its worker killed if running.
+
+        Example:
+            >>> ref = compute.remote(2, 3)            # doctest: +SKIP
+            >>> ref.result()                          # doctest: +SKIP
+            5
+        """
+        payload = self._encode(args, kwargs)
+        sess, fid = self._ensure()
+        return sess._client.request(
+            "POST", f"/v1/functions/{fid}/call", {"args": payload}, timeout=None, transform=self._remote_done
+        )
+
+    def _remote_done(self, resp: dict[str, Any]) -> Any:
+        return self._outcome(resp["call"])
+
+    def map(self, items: Iterable[tuple[Any, ...]], *, kwargs: Iterable[dict[str, Any]] | None = None) -> list[_core.OperationRef[R]]:
+        """Launch one call per tuple of positional arguments; refs in order.
+
+        ``kwargs`` (optional, same length) adds keyword arguments per call.
+        All calls are submitted in a few batched requests and run in
+        parallel on the pool.
+
+        Example:
+            >>> refs = add.map([(1, 2), (3, 4), (5, 6)])   # doctest: +SKIP
+            >>> [r.result() for r in refs]                 # doctest: +SKIP
+            [3, 7, 11]
+        """
+        items = list(items)
+        kws = list(kwargs) if kwargs is not None else [{}] * len(items)
+        if len(kws) != len(items):
+            raise ValueError(f"map: {len(items)} items but {len(kws)} kwargs")
+        payloads = []
+        shapes: set[Any] = set()
+        for i, (item, kw) in enumerate(zip(items, kws)):
+            if not isinstance(item, tuple):
+                item = (item,)
+            try:
+                payloads.append(self._encode(item, kw, shapes))
+            except TypeError as exc:
+                raise TypeError(f"map item {i}: {exc}") from None
+        if not payloads:
+            return []
+        sess, fid = self._ensure()
+        coll = _collector(sess)
+        refs: list[_core.OperationRef[R]] = []
+        batches: list[tuple[str, list[bytes], list[str]]] = []
+        base = secrets.token_hex(8)
+        start = 0
+        while start < len(payloads):
+            end, size = start, 0
+            while end < len(payloads) and end - start < _BATCH_CALLS and (end == start or size + len(payloads[end]) < _BATCH_BYTES):
+                size += len(payloads[end])
+                end += 1
+            prefix = f"m{base}-{len(batches)}"
+            ids = [f"{prefix}.{i}" for i in range(end - start)]
+            batches.append((prefix, payloads[start:end], ids))
+            start = end
+        client = sess._client
+        transform = self._outcome
+        for prefix, chunk, ids in batches:
+            entries = []
+            for cid in ids:
+                p = _core.Promise(f"/v1/calls/{cid}", transform, functools.partial(_cancel_call, client, coll, cid))
+                entries.append((cid, p))
+                refs.append(p.ref)
+            coll.add(entries)
+            del entries
+            try:
+                client.request("POST", f"/v1/functions/{fid}/calls",
+                               {"channel": coll.channel, "prefix": prefix, "args": chunk}).result()
+            except errors.SandboxError as exc:
+                coll.fail(ids, exc.status, exc.code, str(exc))
+                # Later batches were never sent: fail them the same way.
+                for _, _, later in batches[batches.index((prefix, chunk, ids)) + 1 :]:
+                    for cid in later:
+                        p = _core.Promise(f"/v1/calls/{cid}")
+                        refs.append(p.ref)
+                        p.complete(exc.status or 500, _core.packb({"error": {"code": exc.code, "message": str(exc)}}))
+                break
+            coll.start()
+        return refs
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the original function in this process (no sandbox).
+
+        Example:
+            >>> compute.local(2, 3)     # doctest: +SKIP
+            5
+        """
+        return self._fn(*args, **kwargs)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._fn(*args, **kwargs)
+
+    def delete(self) -> None:
+        """Forget the function in the runner: workers stop, queued calls are cancelled."""
+        with self._lock:
+            if self._fn_id is not None and self._reg_session is not None:
+                try:
+                    self._reg_session.request("POST", f"/v1/functions/{self._fn_id}/delete").result()
+                except errors.NotFoundError:
+                    pass
+            self._fn_id = None
+            self._reg_session = None
+
+    def info(self) -> dict[str, Any]:
+        """The runner's view: pool, queue, counters, stored options."""
+        sess, fid = self._ensure()
+        return sess.request("GET", f"/v1/functions/{fid}").result()["function"]
+
+
+def _cancel_call(client: _core.Client, coll: _Collector, call_id: str) -> None:
+    coll.forget(call_id)
+    try:
+        client.request("POST", "/v1/calls/cancel", {"call_ids": [call_id]}, timeout=30.0)
+    except Exception:  # pragma: no cover - best effort
+        log.debug("cancel of %s could not be sent", call_id, exc_info=True)
+
+
+def function(
+    fn: Callable[P, R] | None = None, *, session: Session | None = None, **options: Any
+) -> Any:
+    """Decorator: ``@sandlot.function`` or ``@sandlot.function(serialization=..., ...)``.
+
+    Takes the keyword arguments of :class:`RemoteFunction`; without
+    ``session`` the default session is used (resolved at first call, so
+    decorating never contacts a runner). ``async def`` functions are refused.
+    """
+
+    def wrap(f: Callable[P, R]) -> RemoteFunction[P, R]:
+        return RemoteFunction(f, session=session, **options)
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
+
+
+# ---------------------------------------------------------------------------
+# profiles: runner-side presets selected with profile_ids / profile_names
+# ---------------------------------------------------------------------------
+
+def create_profile(name: str, *, image: str | None = None, env: dict[str, str] | None = None,
+                   options: dict[str, Any] | None = None, session: Session | None = None) -> dict[str, Any]:
+    """Create a runner-side preset (what ``sandlot profile create NAME`` does).
+
+    A function registered with ``profile_names=[name]`` (or the returned
+    ``profile_id`` in ``profile_ids``) takes the profile's image when it names
+    none, and its environment variables unless it sets them itself.
+    """
+    sess = session if session is not None else default_session()
+    body = {"name": name, "image": image, "env": _check_str_map("env", env) or {},
+            "options": _as_dict("options", options)}
+    return sess.request("POST", "/v1/profiles", body).result()["profile"]
+
+
+def list_profiles(session: Session | None = None) -> list[dict[str, Any]]:
+    """The runner's profiles."""
+    sess = session if session is not None else default_session()
+    return sess.request("GET", "/v1/profiles").result()["profiles"]
+
+
+def delete_profile(name: str, session: Session | None = None) -> None:
+    """Delete a profile by name or id (functions registered with it keep their settings)."""
+    sess = session if session is not None else default_session()
+    sess.request("POST", f"/v1/profiles/{name}/delete").result()
+
+
+# ---------------------------------------------------------------------------
+# helpers over many refs
+# ---------------------------------------------------------------------------
+
+def wait(refs: Iterable[Any], num_returns: int | None = None, timeout: float | None = None) -> tuple[list[Any], list[Any]]:
+    """Block until ``num_returns`` refs (default: all) are done or ``timeout``
+    passes; returns ``(done, pending)``, each in the input order."""
+    refs = list(refs)
+    want = len(refs) if num_returns is None else max(0, min(num_returns, len(refs)))
+    cv = threading.Condition()
+    count = [0]
+
+    def on_done(_: Any) -> None:
+        with cv:
+            count[0] += 1
+            cv.notify_all()
+
+    for r in refs:
+        r.add_done_callback(on_done)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with cv:
+        while count[0] < want:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            cv.wait(left if left is None else min(left, 0.1)) if left is not None else cv.wait(0.1)
+    done = [r for r in refs if r.done()]
+    pending = [r for r in refs if not r.done()]
+    return done, pending
+
+
+def as_completed(refs: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
+    """Yield refs as they finish (first finished first). Raises ``TimeoutError``
+    if ``timeout`` seconds pass before all are done."""
+    import queue
+
+    refs = list(refs)
+    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for r in refs:
+        r.add_done_callback(q.put)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(len(refs)):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError(f"as_completed: not all {len(refs)} refs done after {timeout} s")
+        try:
+            yield q.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError(f"as_completed: not all {len(refs)} refs done after {timeout} s") from None
+
+
+async def gather(*refs: Any, return_exceptions: bool = False) -> list[Any]:
+    """``await sandlot.gather(*refs)``: the results in order (asyncio)."""
+
+    async def one(r: Any) -> Any:
+        return await r
+
+    return list(await asyncio.gather(*(one(r) for r in refs), return_exceptions=return_exceptions))
+
+
+def results(refs: Iterable[Any], timeout: float | None = None) -> list[Any]:
+    """The results of refs, in order (raises the first failure met)."""
+    return [r.result(timeout) for r in refs]
