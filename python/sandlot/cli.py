@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-from . import __version__, _cli_data
+from . import __version__, _cli_data, _cli_fn
 from ._runtime import read_pid, stop_runner
 from .errors import NotFoundError, RunnerUnavailableError, SandboxError
 from .process import InputStream, OutputStream
@@ -136,7 +136,8 @@ def _cmd_runner_status(args: argparse.Namespace) -> int:
 
 # -- sandboxes ---------------------------------------------------------------------
 def _cmd_ps(args: argparse.Namespace) -> int:
-    boxes = Sandbox.list(session=_session())
+    sess = _session()
+    boxes = Sandbox.list(session=sess)
     rows = [("SANDBOX ID", "STATUS", "AGE", "COMMAND")]
     now = time.time()
     for sb in boxes:
@@ -156,6 +157,12 @@ def _cmd_ps(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         _out("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+    # Remote functions (with their annotations) share the listing.
+    lines: list[str] = []
+    if _cli_fn.functions_table(sess, lines.append):
+        _out("")
+        for line in lines:
+            _out(line)
     return 0
 
 
@@ -300,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=_cmd_kill)
 
     _cli_data.add_commands(sub, _session, _out, _err, _age)
+    _cli_fn.add_commands(sub, _session, _out, _err, _age)
     return p
 
 
