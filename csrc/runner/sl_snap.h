@@ -35,9 +35,9 @@ int sl_mounts_parse(const msgpack_object *body, sl_kv **kv, size_t *n, sl_bind *
  * (<state>/images/<name>/snapshot), start from that snapshot instead. */
 int sl_snap_alias(sl_box *b, sl_err *e);
 void sl_h_snapshot_register(sl_req *r); /* POST /v1/snapshots/{id}/register {"name"} */
-void sl_h_snapshot(sl_req *r);        /* POST /v1/sandboxes/{id}/snapshot */
-void sl_h_snapshots(sl_req *r);       /* GET /v1/snapshots */
-void sl_h_snapshot_get(sl_req *r);    /* GET /v1/snapshots/{id} */
-void sl_h_snapshot_delete(sl_req *r); /* POST /v1/snapshots/{id}/delete */
+void sl_h_snapshot(sl_req *r);          /* POST /v1/sandboxes/{id}/snapshot */
+void sl_h_snapshots(sl_req *r);         /* GET /v1/snapshots */
+void sl_h_snapshot_get(sl_req *r);      /* GET /v1/snapshots/{id} */
+void sl_h_snapshot_delete(sl_req *r);   /* POST /v1/snapshots/{id}/delete */
 
 #endif
