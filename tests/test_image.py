@@ -22,7 +22,7 @@ def busybox_tar(tmp_path_factory) -> Path:
     """A rootfs tarball: busybox-static and its applet links, nothing else."""
     bb = shutil.which("busybox")
     if bb is None or "static" not in subprocess.run(["file", "-L", bb], capture_output=True, text=True).stdout:
-        pytest.skip("needs busybox-static (apt-get install busybox-static)")
+        pytest.fail("needs busybox-static (apt-get install busybox-static; ./dev test installs it)")
     root = tmp_path_factory.mktemp("bbroot")
     (root / "bin").mkdir()
     shutil.copy2(bb, root / "bin" / "busybox")

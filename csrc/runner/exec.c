@@ -243,6 +243,7 @@ void sl_proc_exited(sl_proc *p, int wait_status)
         sl_proc_started(p, 0); /* EXITED implies it started */
     int code = sl_exit_code(wait_status);
     sl_debug("sandbox %s: process %u exited with %d", p->box->id, p->id, code);
+    sl_limits_proc_exited(p, code);
     sl_proc_finish(p, code);
     /* The entry command's end is the sandbox's end. */
     if (p->id == 0)

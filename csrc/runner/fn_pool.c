@@ -419,6 +419,13 @@ static int spawn_worker(sl_fn *f, sl_err *e)
         return sl_err_set(e, 500, "out of memory");
     }
     b->nenv = f->nenv;
+    /* The function's resources bind each of its workers. */
+    if (sl_limits_from_opts(b, f->opts, f->opts_len, e) < 0 ||
+        sl_s3_from_raw(b, f->s3, f->s3_len, e) < 0) {
+        sl_s3_release(b);
+        sl_box_free(b);
+        return -1;
+    }
     sl_bind *binds = f->nmounts > 0 ? calloc(f->nmounts, sizeof(*binds)) : NULL;
     if (f->nmounts > 0 && binds == NULL) {
         sl_box_free(b);

@@ -56,6 +56,9 @@ static void fn_free(sl_fn *f)
     sl_kv_free(f->annotations, f->nannotations, 0);
     sl_kv_free(f->mounts, f->nmounts, 0);
     free(f->opts);
+    if (f->s3 != NULL)
+        explicit_bzero(f->s3, f->s3_len);
+    free(f->s3);
     free(f);
 }
 
@@ -293,7 +296,8 @@ static int parse_fn(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err 
         if (f->opts == NULL)
             return sl_err_set(e, 500, "out of memory");
     }
-    return 0;
+    /* S3 buckets every worker mounts (s3.c); kept apart from the echoed options. */
+    return sl_s3_pack(body, &f->s3, &f->s3_len, e);
 }
 
 void sl_h_fn_create(sl_req *r)

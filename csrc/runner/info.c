@@ -32,7 +32,7 @@ static void pack_strv(sl_resp *r, char *const *v, size_t n)
 
 void sl_pack_box(sl_resp *r, const sl_box *b)
 {
-    sl_r_map(r, 13);
+    sl_r_map(r, 15);
     sl_r_kstr(r, "sandbox_id", b->id);
     sl_r_kstr(r, "status", sl_box_status_name(b->status));
     sl_r_str(r, "exit_code");
@@ -68,11 +68,14 @@ void sl_pack_box(sl_resp *r, const sl_box *b)
         sl_r_int(r, b->sbx.init_pid);
     else
         sl_r_nil(r);
+    sl_r_str(r, "resources");
+    sl_limits_pack(r, b);
+    sl_r_kbool(r, "oom_killed", sl_limits_box_oom(b));
 }
 
 void sl_pack_proc(sl_resp *r, const sl_proc *p)
 {
-    sl_r_map(r, 6);
+    sl_r_map(r, 7);
     sl_r_kint(r, "process_id", p->id);
     sl_r_kstr(r, "sandbox_id", p->box->id);
     sl_r_str(r, "cmd");
@@ -88,4 +91,5 @@ void sl_pack_proc(sl_resp *r, const sl_proc *p)
         sl_r_int(r, p->pid);
     else
         sl_r_nil(r);
+    sl_r_kbool(r, "oom_killed", p->oom_killed);
 }

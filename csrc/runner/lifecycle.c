@@ -146,7 +146,9 @@ void sl_box_init_reaped(sl_box *b, int st)
     /* No sl_sandbox_kill here: init's pid may already be reused, and the
      * kernel killed everything in the pid namespace when init died. */
     sl_box_finalise(b);
+    sl_limits_box_reaped(b);
     sl_sandbox_release(&b->sbx);
+    sl_s3_release(b); /* unmount before the dir is removed */
     if (b->dir_made) {
         b->dir_made = 0;
         if (sl_job_rm(rt, b->dir) < 0)
@@ -247,7 +249,8 @@ static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
     if (b->workdir != NULL && b->workdir[0] != '/')
         return sl_err_set(e, 400, "field 'workdir' must be an absolute path, got '%.200s'",
                           b->workdir);
-    if (sl_msg_num(body, "timeout", SL_TIMEOUT_DEFAULT, SL_TIMEOUT_DEFAULT, &b->timeout, e) < 0)
+    if (sl_msg_num(body, "timeout", SL_TIMEOUT_DEFAULT, SL_TIMEOUT_DEFAULT, &b->timeout, e) < 0 ||
+        sl_limits_parse(b, body, e) < 0)
         return -1;
     if (!(b->timeout > 0) || b->timeout > SL_TIMEOUT_MAX)
         return sl_err_set(e, 400, "field 'timeout' must be > 0 and <= %.0f seconds, got %g",
@@ -287,9 +290,9 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         goto out;
     if (b->snapshot != NULL && sl_snap_layers(rt, b->snapshot, &layers, &nlayers, e) < 0)
         goto out;
-    if (b->nvolumes + nextra > 0) {
+    if (b->nvolumes + nextra + b->ns3 > 0) {
         vpaths = calloc(b->nvolumes + 1, sizeof(*vpaths));
-        binds = calloc(b->nvolumes + nextra, sizeof(*binds));
+        binds = calloc(b->nvolumes + nextra + b->ns3, sizeof(*binds));
         if (vpaths == NULL || binds == NULL) {
             sl_err_set(e, 500, "calloc: out of memory");
             goto out;
@@ -314,6 +317,9 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         goto out;
     }
     b->dir_made = 1;
+    /* S3 mounts live under the dir, in the runner's namespace (s3.c). */
+    if (b->ns3 > 0 && sl_s3_mount(b, binds + b->nvolumes + nextra, e) < 0)
+        goto out;
     /* Hide the runner's own state from sandboxes that see the host's root. */
     const char *masks[3];
     size_t nmasks = 0;
@@ -329,9 +335,11 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         .dir = b->dir,
         .init_memfd = rt->init_memfd,
         .binds = binds,
-        .n_binds = b->nvolumes + nextra,
+        .n_binds = b->nvolumes + nextra + b->ns3,
         .masks = masks,
         .n_masks = nmasks,
+        .limits = sl_limits_cgroup(b),
+        .disk_bytes = b->disk_bytes,
     };
     char errbuf[512] = "";
     int src = sl_sandbox_spawn(&cfg, &b->sbx, errbuf, sizeof(errbuf));
@@ -344,6 +352,8 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
     rt->nalive++;
     rc = 0;
 out:
+    if (rc < 0)
+        sl_s3_release(b); /* before any rm -rf of the dir can reach a bucket */
     free(rootfs);
     sl_strv_free(layers, nlayers);
     if (vpaths != NULL) {
@@ -373,10 +383,11 @@ void sl_h_create(sl_req *r)
     size_t nmounts = 0;
     int bad = parse_create(b, r->body, &e) < 0 ||
               sl_mounts_parse(r->body, &mounts, &nmounts, &mbinds, &e) < 0 ||
-              start_box(b, mbinds, nmounts, &e) < 0;
+              sl_s3_parse(b, r->body, &e) < 0 || start_box(b, mbinds, nmounts, &e) < 0;
     free(mbinds);
     sl_kv_free(mounts, nmounts, 0);
     if (bad) {
+        sl_s3_release(b);
         if (b->dir_made)
             sl_rm_rf(b->dir); /* empty: spawn leaves nothing behind on failure */
         sl_box_free(b);
@@ -429,6 +440,7 @@ int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl
         return sl_err_set(e, 503, "runner at capacity: %zu sandboxes", rt->nalive);
     }
     if (start_box(b, binds, nbinds, e) < 0) {
+        sl_s3_release(b);
         if (b->dir_made)
             sl_rm_rf(b->dir);
         sl_box_free(b);
@@ -571,6 +583,7 @@ void sl_lifecycle_shutdown(sl_runner *rt)
     }
     while (rt->first != NULL) {
         sl_box *b = rt->first;
+        sl_s3_release(b);
         if (b->dir_made) {
             int rc = sl_rm_rf(b->dir);
             if (rc < 0)

@@ -104,6 +104,8 @@ typedef struct sl_fn {
     int fresh;  /* one worker per call, then it is discarded */
     char *opts; /* raw msgpack map of stored options, echoed in info */
     size_t opts_len;
+    char *s3; /* raw msgpack "s3_mounts" (s3.c): holds credentials, never echoed */
+    size_t s3_len;
     sl_kv *annotations;
     size_t nannotations;
     sl_clist queue, finished;

@@ -102,6 +102,7 @@ typedef struct sl_proc {
     int in_close_requested;  /* close in_fd once in_buf drains */
     sl_hold *start;          /* create/exec waiting for STARTED / SPAWN_FAILED */
     sl_hold *waiters;        /* procs/{n}/wait */
+    int oom_killed;          /* its SIGKILL came from the OOM killer (limits.c) */
 } sl_proc;
 
 enum sl_bstatus {
@@ -151,7 +152,39 @@ typedef struct sl_box {
     sl_hold *waiters;           /* sandbox wait */
     struct sl_box *hnext;       /* id hash chain */
     struct sl_box *prev, *next; /* creation order, all boxes */
+    /* resources (limits.c): 0 fields = no limit */
+    int has_resources;
+    double res_cpu;                /* cores, as asked */
+    sl_cgroup_limits limits;       /* memory, pids, cpu quota for the cgroup */
+    unsigned long long disk_bytes; /* size of the writable layer's tmpfs */
+    long long oom_seen;            /* OOM kills already attributed to a process */
+    long long oom_kills;           /* the cgroup's OOM kill count when init was reaped */
+    struct sl_s3 *s3;              /* S3 buckets mounted with s3fs (s3.c) */
+    size_t ns3;
 } sl_box;
+
+/* ---- resource limits: limits.c ---- */
+
+int sl_limits_parse(sl_box *b, const msgpack_object *body, sl_err *e); /* body "resources" */
+/* The "resources" of stored function options (raw msgpack map) for a worker. */
+int sl_limits_from_opts(sl_box *b, const char *opts, size_t len, sl_err *e);
+const sl_cgroup_limits *sl_limits_cgroup(const sl_box *b); /* NULL: none */
+void sl_limits_proc_exited(sl_proc *p, int exit_code);     /* OOM attribution of a -9 */
+void sl_limits_box_reaped(sl_box *b); /* keep the OOM count before the cgroup goes */
+int sl_limits_box_oom(const sl_box *b);
+void sl_limits_pack(sl_resp *r, const sl_box *b); /* SandboxInfo "resources" */
+void sl_limits_pack_health(sl_resp *r);           /* health "limits" */
+
+/* ---- S3 buckets mounted with s3fs: s3.c ---- */
+
+int sl_s3_parse(sl_box *b, const msgpack_object *body, sl_err *e); /* body "s3_mounts" */
+/* Function registration: check body "s3_mounts" and keep it as raw msgpack
+ * (*raw NULL if absent; it holds credentials: wipe before freeing, never echo). */
+int sl_s3_pack(const msgpack_object *body, char **raw, size_t *len, sl_err *e);
+int sl_s3_from_raw(sl_box *b, const char *raw, size_t len, sl_err *e); /* for a worker */
+/* Mount every bucket under b->dir (blocks, bounded) and fill binds[0..ns3). */
+int sl_s3_mount(sl_box *b, sl_bind *binds, sl_err *e);
+void sl_s3_release(sl_box *b); /* unmount, stop s3fs, wipe credentials; idempotent */
 
 /* ---- background children: jobs.c ---- */
 

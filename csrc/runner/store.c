@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -124,6 +125,11 @@ static void sweep(const char *dir, int only_dot)
         if (p == NULL)
             continue;
         sl_info("removing leftover %s", p);
+        /* A sandbox dir of a crashed runner may still carry its disk-limit
+         * tmpfs (limits.c); detach it or its RAM stays pinned until reboot.
+         * EINVAL (not a mount point) is the normal case. */
+        if (umount2(p, MNT_DETACH) == 0)
+            sl_info("detached leftover mount %s", p);
         int rc = sl_rm_rf(p);
         if (rc < 0)
             sl_warn("removing %s: %s", p, strerror(-rc));

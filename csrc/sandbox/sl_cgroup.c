@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 /* The v1 controllers a sandbox is placed in. memory, pids and cpu carry the
- * limits (a later issue); freezer is the kill fallback without cgroup.kill. */
+ * limits (sl_cgroup_set_limits); freezer is the kill fallback without cgroup.kill. */
 static const char *const v1_controllers[] = {"memory", "pids", "cpu", "freezer"};
 
 typedef struct cg_base {
@@ -297,9 +297,8 @@ int sl_cgroup_create(sl_cgroup *cg, const char *id)
         if (b->is_freezer)
             cg->freezer_index = cg->n;
         cg->n++;
-        /* Resource limits (memory.max / memory.limit_in_bytes, pids.max,
-         * cpu.max / cpu.cfs_quota_us) go here in a later issue. On pure v2 they
-         * also need "+memory +pids +cpu" in sandlot/cgroup.subtree_control. */
+        /* Limits are written by sl_cgroup_set_limits before the first
+         * process joins. */
     }
     return 0;
 fail : {
@@ -405,4 +404,247 @@ void sl_cgroup_destroy(sl_cgroup *cg)
     }
     cg->n = 0;
     cg->v2_index = cg->freezer_index = -1;
+}
+
+/* ---- limits ---- */
+
+/* Write val to dir/file if the file exists: 1 written, 0 no such file (this
+ * hierarchy lacks the controller), -errno on a failed write. */
+static int try_write(const char *dir, const char *file, const char *val)
+{
+    int err = write_file(dir, file, val);
+
+    if (err == -ENOENT)
+        return 0;
+    return err < 0 ? err : 1;
+}
+
+/* Does dir/file list word (cgroup.controllers, cgroup.subtree_control)? */
+static int file_has_word(const char *dir, const char *file, const char *word)
+{
+    char path[PATH_MAX], buf[512];
+    size_t wl = strlen(word);
+    int found = 0;
+    FILE *f;
+
+    if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int)sizeof(path))
+        return 0;
+    f = fopen(path, "re");
+    if (!f)
+        return 0;
+    if (fgets(buf, sizeof(buf), f)) {
+        for (char *p = buf; (p = strstr(p, word)) != NULL; p += wl) {
+            if ((p == buf || p[-1] == ' ') && (p[wl] == ' ' || p[wl] == '\n' || p[wl] == '\0')) {
+                found = 1;
+                break;
+            }
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* On cgroup2 a child only gets memory.max & co. when its parent lists the
+ * controllers in cgroup.subtree_control. Best effort, one at a time: a
+ * controller the runner's own cgroup does not pass down stays unavailable
+ * (sl_cgroup_enforceable reports it), the others still work. */
+static void v2_enable(const char *parent)
+{
+    static const char *const ctl[] = {"+memory", "+pids", "+cpu"};
+
+    for (size_t i = 0; i < sizeof(ctl) / sizeof(ctl[0]); i++)
+        (void)write_file(parent, "cgroup.subtree_control", ctl[i]);
+}
+
+static unsigned enforceable_bits;
+static pthread_once_t enforceable_once = PTHREAD_ONCE_INIT;
+
+static void probe_enforceable(void)
+{
+    unsigned bits = 0;
+
+    sl_cgroup_detect();
+    for (int i = 0; i < layout.n; i++) {
+        const cg_base *b = &layout.base[i];
+
+        if (mkdir(b->dir, 0755) < 0 && errno != EEXIST)
+            continue;
+        if (access(b->dir, W_OK) < 0)
+            continue;
+        if (b->is_v2) {
+            v2_enable(b->dir);
+            if (file_has_word(b->dir, "cgroup.subtree_control", "memory"))
+                bits |= SL_CG_LIMIT_MEMORY;
+            if (file_has_word(b->dir, "cgroup.subtree_control", "pids"))
+                bits |= SL_CG_LIMIT_PIDS;
+            if (file_has_word(b->dir, "cgroup.subtree_control", "cpu"))
+                bits |= SL_CG_LIMIT_CPU;
+            continue;
+        }
+        /* v1: a hierarchy dir has the control files of its controllers. */
+        if (access(b->dir, F_OK) == 0) {
+            char p[PATH_MAX];
+
+            if (snprintf(p, sizeof(p), "%s/memory.limit_in_bytes", b->dir) < (int)sizeof(p) &&
+                access(p, W_OK) == 0)
+                bits |= SL_CG_LIMIT_MEMORY;
+            if (snprintf(p, sizeof(p), "%s/pids.max", b->dir) < (int)sizeof(p) &&
+                access(p, W_OK) == 0)
+                bits |= SL_CG_LIMIT_PIDS;
+            if (snprintf(p, sizeof(p), "%s/cpu.cfs_quota_us", b->dir) < (int)sizeof(p) &&
+                access(p, W_OK) == 0)
+                bits |= SL_CG_LIMIT_CPU;
+        }
+    }
+    enforceable_bits = bits;
+}
+
+unsigned sl_cgroup_enforceable(void)
+{
+    pthread_once(&enforceable_once, probe_enforceable);
+    return enforceable_bits;
+}
+
+/* The memory limit in one dir: v2 files where they exist, else v1. */
+static int set_mem(const char *d, unsigned long long bytes, int *hit)
+{
+    char buf[32];
+    int rc;
+
+    snprintf(buf, sizeof(buf), "%llu", bytes);
+    if ((rc = try_write(d, "memory.max", buf)) < 0)
+        return rc;
+    if (rc) {
+        *hit = 1;
+        /* No swap either, so the limit is what the sandbox can use (absent
+         * without swap accounting: nothing to swap to then). */
+        rc = try_write(d, "memory.swap.max", "0");
+        return rc < 0 ? rc : 0;
+    }
+    /* v1: limit_in_bytes first, memsw (memory + swap) must stay >= it. */
+    if ((rc = try_write(d, "memory.limit_in_bytes", buf)) < 0)
+        return rc;
+    if (rc) {
+        *hit = 1;
+        rc = try_write(d, "memory.memsw.limit_in_bytes", buf);
+        return rc < 0 ? rc : 0;
+    }
+    return 0;
+}
+
+/* The CPU quota in one dir: v2 cpu.max, else v1 period then quota. */
+static int set_cpu(const char *d, unsigned long long quota, unsigned long long period, int *hit)
+{
+    char buf[64];
+    int rc;
+
+    snprintf(buf, sizeof(buf), "%llu %llu", quota, period);
+    if ((rc = try_write(d, "cpu.max", buf)) < 0)
+        return rc;
+    if (rc) {
+        *hit = 1;
+        return 0;
+    }
+    snprintf(buf, sizeof(buf), "%llu", period);
+    if ((rc = try_write(d, "cpu.cfs_period_us", buf)) <= 0)
+        return rc;
+    snprintf(buf, sizeof(buf), "%llu", quota);
+    if ((rc = try_write(d, "cpu.cfs_quota_us", buf)) < 0)
+        return rc;
+    *hit = rc;
+    return 0;
+}
+
+int sl_cgroup_set_limits(const sl_cgroup *cg, const sl_cgroup_limits *lim, const char **what)
+{
+    unsigned long long period;
+    int mem = 0, pids = 0, cpu = 0, rc;
+    const char *dummy;
+
+    if (!what)
+        what = &dummy;
+    *what = "cgroup";
+    if (!cg || !lim)
+        return -EINVAL;
+    period = lim->cpu_period_us ? lim->cpu_period_us : 100000;
+    for (int i = 0; i < cg->n; i++) {
+        const char *d = cg->paths[i];
+        char buf[32];
+
+        if (i == cg->v2_index && (lim->memory_bytes || lim->pids || lim->cpu_quota_us)) {
+            char parent[PATH_MAX];
+            char *slash;
+
+            snprintf(parent, sizeof(parent), "%s", d);
+            if ((slash = strrchr(parent, '/')) != NULL) {
+                *slash = '\0';
+                v2_enable(parent);
+            }
+        }
+        if (lim->memory_bytes && (rc = set_mem(d, lim->memory_bytes, &mem)) < 0) {
+            *what = "memory";
+            return rc;
+        }
+        if (lim->pids) {
+            snprintf(buf, sizeof(buf), "%llu", lim->pids);
+            if ((rc = try_write(d, "pids.max", buf)) < 0) {
+                *what = "pids";
+                return rc;
+            }
+            pids |= rc;
+        }
+        if (lim->cpu_quota_us && (rc = set_cpu(d, lim->cpu_quota_us, period, &cpu)) < 0) {
+            *what = "cpu";
+            return rc;
+        }
+    }
+    /* A limit asked for but enforced nowhere must not pass silently. */
+    if (lim->memory_bytes && !mem)
+        *what = "memory";
+    else if (lim->pids && !pids)
+        *what = "pids";
+    else if (lim->cpu_quota_us && !cpu)
+        *what = "cpu";
+    else
+        return 0;
+    return -EOPNOTSUPP;
+}
+
+/* The "oom_kill N" counter of dir/file, or -1. */
+static long long read_oom_kill(const char *dir, const char *file)
+{
+    char path[PATH_MAX], line[128];
+    long long v = -1;
+    FILE *f;
+
+    if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int)sizeof(path))
+        return -1;
+    f = fopen(path, "re");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "oom_kill ", 9) == 0) {
+            v = strtoll(line + 9, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+long long sl_cgroup_oom_kills(const sl_cgroup *cg)
+{
+    long long best = -1;
+
+    if (!cg)
+        return -1;
+    for (int i = 0; i < cg->n; i++) {
+        long long v = read_oom_kill(cg->paths[i], "memory.events");
+
+        if (v < 0)
+            v = read_oom_kill(cg->paths[i], "memory.oom_control");
+        if (v > best)
+            best = v;
+    }
+    return best;
 }

@@ -23,6 +23,19 @@ typedef struct sl_cgroup {
     int freezer_index;            /* index of the v1 freezer dir, or -1 */
 } sl_cgroup;
 
+/* Limits for one sandbox; 0 in a field means "no limit". */
+typedef struct sl_cgroup_limits {
+    unsigned long long memory_bytes; /* v2 memory.max (+ swap.max 0); v1 limit_in_bytes (+ memsw) */
+    unsigned long long pids;         /* pids.max */
+    unsigned long long cpu_quota_us; /* v2 cpu.max "quota period"; v1 cfs_quota_us */
+    unsigned long long cpu_period_us; /* and cfs_period_us; 0 with a quota: 100000 */
+} sl_cgroup_limits;
+
+/* Bits of sl_cgroup_enforceable(). */
+#define SL_CG_LIMIT_MEMORY 1u
+#define SL_CG_LIMIT_PIDS 2u
+#define SL_CG_LIMIT_CPU 4u
+
 /* Detect the host layout; cached after the first call. */
 enum sl_cg_mode sl_cgroup_detect(void);
 const char *sl_cgroup_mode_name(enum sl_cg_mode m); /* "v1" "v2" "hybrid" "none" */
@@ -30,6 +43,16 @@ const char *sl_cgroup_mode_name(enum sl_cg_mode m); /* "v1" "v2" "hybrid" "none"
 /* Create the cgroup dirs for sandbox id. Returns 0 or -errno. With no usable
  * hierarchy returns 0 with cg->n == 0 (the pid namespace still kills all). */
 int sl_cgroup_create(sl_cgroup *cg, const char *id);
+/* Which limits this host lets the runner enforce (SL_CG_LIMIT_* bits): a
+ * hierarchy that has the controller and that we may write to. Probed once. */
+unsigned sl_cgroup_enforceable(void);
+/* Apply lim to cg's dirs (call before any process joins). Every non-zero
+ * limit must land in at least one hierarchy: -EOPNOTSUPP (with the limit's
+ * name in *what) when none has the controller, -errno when a write failed. */
+int sl_cgroup_set_limits(const sl_cgroup *cg, const sl_cgroup_limits *lim, const char **what);
+/* How many processes of cg the OOM killer killed so far (v2 memory.events,
+ * v1 memory.oom_control "oom_kill"), or -1 when no hierarchy reports it. */
+long long sl_cgroup_oom_kills(const sl_cgroup *cg);
 /* Move pid into every dir of cg. */
 int sl_cgroup_attach(const sl_cgroup *cg, pid_t pid);
 /* Kill every process in cg. */

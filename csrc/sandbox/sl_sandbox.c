@@ -911,6 +911,26 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         goto fail_fds;
     }
 
+    /* The size-capped writable layer: a tmpfs on dir before the child makes
+     * upper/ and work/ in it. Mounted here, in the runner's namespace, so the
+     * runner (snapshots, files) sees the same upper dir as the overlay. */
+    if (cfg->disk_bytes) {
+        char opts[64];
+
+        snprintf(opts, sizeof(opts), "size=%llu,mode=0700", cfg->disk_bytes);
+        if (mount("tmpfs", cfg->dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0) {
+            err = errno;
+            fmt_err(errbuf, errlen, err, "mount disk tmpfs on dir");
+            goto fail_fds;
+        }
+        if (!(out->disk_mnt = strdup(cfg->dir))) {
+            umount2(cfg->dir, MNT_DETACH);
+            err = ENOMEM;
+            fmt_err(errbuf, errlen, err, "strdup");
+            goto fail_fds;
+        }
+    }
+
     /* No runner signal handler may run in the child (libevent's would write
      * into the runner's own wakeup pipe); init resets the mask itself. */
     sigfillset(&all);
@@ -941,6 +961,19 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
     if (err) {
         fmt_err(errbuf, errlen, err, "create cgroup");
         goto fail_child;
+    }
+    /* Limits before the child joins: nothing it runs is ever unlimited. */
+    if (cfg->limits) {
+        const char *what = "cgroup";
+
+        err = -sl_cgroup_set_limits(&out->cg, cfg->limits, &what);
+        if (err) {
+            char m[64];
+
+            snprintf(m, sizeof(m), "set %s limit", what);
+            fmt_err(errbuf, errlen, err, m);
+            goto fail_child;
+        }
     }
     err = -sl_cgroup_attach(&out->cg, pid);
     if (err) {
@@ -1063,6 +1096,11 @@ fail_child:
     }
     sl_cgroup_destroy(&out->cg);
 fail_fds:
+    if (out->disk_mnt) {
+        umount2(out->disk_mnt, MNT_DETACH);
+        free(out->disk_mnt);
+        out->disk_mnt = NULL;
+    }
     for (int i = 0; i < 2; i++) {
         if (sv[i] >= 0)
             close(sv[i]);
@@ -1094,6 +1132,13 @@ void sl_sandbox_release(sl_sandbox *sb)
     if (!sb)
         return;
     sl_cgroup_destroy(&sb->cg);
+    /* Detach: the kernel frees the tmpfs once the last user (a lingering
+     * copy in a snapshot job, say) lets go; the caller then removes dir. */
+    if (sb->disk_mnt) {
+        (void)umount2(sb->disk_mnt, MNT_DETACH); /* EINVAL: not mounted any more */
+        free(sb->disk_mnt);
+        sb->disk_mnt = NULL;
+    }
     if (sb->ctl_fd >= 0)
         close(sb->ctl_fd);
     /* A zeroed struct has pidfd 0: only trust it when spawn filled it in. */

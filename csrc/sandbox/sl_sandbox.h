@@ -55,6 +55,12 @@ typedef struct sl_sandbox_config {
                                  /etc/ssh/ *_key; /root and /home become empty
                                  writable tmpfs (binds still go on top of them) */
     size_t n_masks;
+    const sl_cgroup_limits *limits; /* NULL: none; applied before the child runs, and a
+                                       limit no hierarchy can enforce fails the spawn */
+    unsigned long long disk_bytes;  /* 0: the writable layer lives in dir on the runner's
+                                       filesystem; else dir gets a tmpfs of this size first
+                                       (mounted in the caller's mount namespace, so upper/
+                                       stays readable there), a full layer is ENOSPC inside */
 } sl_sandbox_config;
 
 typedef struct sl_sandbox {
@@ -64,6 +70,8 @@ typedef struct sl_sandbox {
                        kernels without clone3; kill goes through it so a reused pid
                        is never hit. Only meaningful while init_pid > 0 */
     sl_cgroup cg;   /* the sandbox's cgroup(s) */
+    char *disk_mnt; /* the size-capped tmpfs on cfg->dir (disk_bytes), unmounted by
+                       sl_sandbox_release, or NULL */
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at
@@ -87,8 +95,9 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
  * SIGCHLD handling does. */
 void sl_sandbox_kill(sl_sandbox *sb);
 
-/* After init was reaped: remove the cgroup(s), close ctl_fd and pidfd. The
- * per-sandbox dir is removed by the caller (sl_rm_rf). Safe to call twice. */
+/* After init was reaped: remove the cgroup(s), close ctl_fd and pidfd, detach
+ * the disk tmpfs. The per-sandbox dir is removed by the caller (sl_rm_rf).
+ * Safe to call twice. */
 void sl_sandbox_release(sl_sandbox *sb);
 
 /* rm -rf that never follows symlinks and never crosses mount points (a mount

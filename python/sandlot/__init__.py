@@ -56,6 +56,7 @@ from .function import (
 )
 from .image import Image
 from .process import InputStream, OutputStream, ProcessInfo, SandboxProcess
+from .resources import ResourceOptions
 from .sandbox import Sandbox, SandboxInfo, SandboxSnapshot
 from .secret import Secret
 from .session import Session, default_session
@@ -73,6 +74,7 @@ __all__ = [
     "SandboxProcess",
     "SandboxSnapshot",
     "ProcessInfo",
+    "ResourceOptions",
     "OutputStream",
     "InputStream",
     "Image",

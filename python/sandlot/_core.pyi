@@ -129,3 +129,27 @@ class Promise:
         4xx/5xx body ``{"error": {"code", "message"}}`` becomes the mapped exception.
         True if this call completed the ref."""
     def done(self) -> bool: ...
+
+class PromiseBatch:
+    """``n`` ``OperationRef``s completed together (a ``map()`` chunk: one decoded
+    list of outcomes completes all its refs in one C call, ~0.1 µs a ref).
+
+    ``refs`` are ordinary refs (``result()``, ``await``, callbacks, ``cancel()``).
+    ``complete(values, kinds)`` completes every pending ref: ref ``i``'s value
+    is ``values[i]`` when ``kinds`` is None or ``kinds[i] == "O"``, otherwise
+    ``fallback(i)`` is called (with the GIL, when the value is first asked
+    for) and its return value or exception is the outcome; ``complete()``
+    without values defers every ref to ``fallback``. ``on_cancel(i)`` is called
+    when ref ``i`` is cancelled. Dropping a batch with pending refs fails them
+    (the refs keep the batch alive, so that happens only once all are gone).
+    """
+
+    def __init__(
+        self, label: str, n: int, fallback: Callable[[int], Any] | None = None,
+        on_cancel: Callable[[int], object] | None = None,
+    ) -> None: ...
+    @property
+    def refs(self) -> list[OperationRef[Any]]: ...
+    def complete(self, values: list[Any] | None = None, kinds: str | None = None) -> int:
+        """Complete every pending ref; returns how many this call completed."""
+    def __len__(self) -> int: ...

@@ -18,6 +18,10 @@ frame. Calls run one at a time, in order; each result is written as soon as
 it exists (one write per call), so a later call that kills the process cannot
 take an earlier call's result with it. Input is read in large chunks, so a
 pipelined batch of calls costs one read.
+
+A call payload starting with a NUL byte is a chunk of ``map()`` items
+(``_run_chunk``): the items run in order and their outcomes travel back in one
+``O`` frame, each item's exception kept apart (docs/protocol.md section 4.3).
 """
 
 import os
@@ -27,6 +31,10 @@ import traceback
 
 HDR_IN = struct.Struct(">IQ")
 HDR_OUT = struct.Struct(">IBQ")
+#: A call payload starting with this byte is a chunk of map() items.
+CHUNK_TAG = b"\x00"
+#: A chunk's results must fit a frame (the runner's limit is 80 MiB).
+CHUNK_RESULT_MAX = 64 << 20
 
 
 def _describe_error(exc, pickle_ok):
@@ -82,6 +90,57 @@ def _codec(kind):
 
         return _core.packb, _core.unpackb
     raise ValueError(f"unknown serialization {kind!r}")
+
+
+def _run_chunk(fn, dec, enc, payload, kind, pickle_errors):
+    """Run a chunk ``[[args, ...], [kwargs, ...] | None]`` in order; one
+    ``O`` frame ``[kinds, values]``: kinds[i] "O" (values[i] is the result)
+    or "E" (values[i] the JSON error description, as text)."""
+    try:
+        items, kws = dec(payload[1:])
+    except BaseException as exc:  # noqa: BLE001
+        return ord("E"), _describe_error(exc, pickle_errors)
+    kinds = []
+    values = []
+    ok = kinds.append
+    put = values.append
+    for i, args in enumerate(items):
+        try:
+            v = fn(*args) if kws is None else fn(*args, **kws[i])
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker must live
+            ok("E")
+            put(_describe_error(exc, pickle_errors).decode())
+        else:
+            ok("O")
+            put(v)
+    try:
+        data = enc(["".join(kinds), values])
+    except BaseException:  # noqa: BLE001 - find the values that cannot travel
+        for i, v in enumerate(values):
+            if kinds[i] != "O":
+                continue
+            try:
+                enc(v)
+            except BaseException as exc:  # noqa: BLE001
+                err = TypeError(
+                    f"the return value of {getattr(fn, '__qualname__', fn)!s} (type "
+                    f"{type(v).__name__}) cannot be serialized with Serialization."
+                    f"{kind.upper()}: {exc}"
+                )
+                kinds[i] = "E"
+                values[i] = _describe_error(err, pickle_errors).decode()
+        try:
+            data = enc(["".join(kinds), values])
+        except BaseException as exc:  # noqa: BLE001
+            return ord("E"), _describe_error(exc, pickle_errors)
+    if len(data) > CHUNK_RESULT_MAX:
+        err = RuntimeError(
+            f"the results of this chunk of {len(items)} map() items are {len(data) >> 20} MiB, "
+            f"more than the {CHUNK_RESULT_MAX >> 20} MiB one chunk may return; pass a smaller "
+            "chunksize to map()"
+        )
+        return ord("E"), _describe_error(err, pickle_errors)
+    return ord("O"), data
 
 
 def main():
@@ -161,6 +220,11 @@ def main():
             flush()
             return 0
         seq, payload = frame
+        if payload[:1] == CHUNK_TAG:
+            kind_out, data = _run_chunk(fn, dec, enc, payload, kind, pickle_errors)
+            send(kind_out, seq, data)
+            flush()
+            continue
         try:
             args, kwargs = dec(payload)
             result = fn(*args, **kwargs)

@@ -127,6 +127,8 @@ def _cmd_runner_status(args: argparse.Namespace) -> int:
     _out(f"runner_id: {h.get('runner_id')}")
     _out(f"version:   {h.get('version')}")
     _out(f"cgroup:    {h.get('cgroup')}")
+    lim = h.get("limits") or {}
+    _out("limits:    " + (", ".join(f"{k} {'enforced' if v else 'NOT enforceable'}" for k, v in lim.items()) or "unknown"))
     _out(f"sandboxes: {h.get('sandboxes')}")
     _out(f"uptime:    {_age(float(h.get('uptime') or 0))}")
     if s.embedded and s.runtime_paths is not None:

@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _core, errors
+from .resources import resources_wire
+from .s3 import s3_mounts_wire
 from .session import Session, default_session
 
 __all__ = [
@@ -74,6 +76,12 @@ DEFAULT_TEMP_DIR = "/tmp"
 #: Batched submissions are split so that no request body exceeds this.
 _BATCH_BYTES = 16 << 20
 _BATCH_CALLS = 20000
+#: map(): items per chunk at most, and bytes of arguments per chunk at most.
+_CHUNK_MAX = 1024
+_CHUNK_BYTES = 4 << 20
+#: Marks a call payload as a chunk of map items (no serialization format's
+#: output starts with a NUL byte); must match _worker.py.
+_CHUNK_TAG = b"\x00"
 _WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 _BOOT = "import runpy,sys; runpy.run_path(sys.argv[1], run_name='__sandlot_worker__')"
 
@@ -240,7 +248,7 @@ class _Collector:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def add(self, items: list[tuple[str, _core.Promise]]) -> None:
+    def add(self, items: list[tuple[str, Any]]) -> None:
         with self._cv:
             self._pending.update(items)
 
@@ -260,7 +268,9 @@ class _Collector:
         for cid in ids:
             with self._cv:
                 p = self._pending.pop(cid, None)
-            if p is not None:
+            if type(p) is _Chunk:
+                p.fail(status, code, message)
+            elif p is not None:
                 p.complete(status, body)
 
     def _run(self) -> None:
@@ -289,11 +299,80 @@ class _Collector:
             if not calls and resp.get("pending", 0) == 0:
                 time.sleep(0.001)  # the submission has not landed yet
                 continue
-            for rec in calls:
-                with self._cv:
-                    p = self._pending.pop(rec["call_id"], None)
-                if p is not None:
+            with self._cv:
+                pop = self._pending.pop
+                found = [(pop(rec["call_id"], None), rec) for rec in calls]
+            for p, rec in found:
+                if type(p) is _Chunk:
+                    p.done(rec)
+                elif p is not None:
                     p.complete(200, _core.packb(rec))
+
+
+class _Chunk:
+    """Consecutive map() items submitted as one call: the worker runs them in
+    order and returns ``[kinds, values]`` (``kinds[i]`` is ``"O"`` for a value,
+    ``"E"`` for an exception description). The chunk's refs come from one
+    ``_core.PromiseBatch``, which hands out ``values[i]`` itself (in C) and
+    calls :meth:`get` only for the others.
+
+    Cancelling one ref of a chunk completes that ref as cancelled at once;
+    the item still runs with its chunk (its result is dropped). Once every
+    ref of a chunk is cancelled the call itself is cancelled: dropped if
+    queued, its worker killed and replaced if running."""
+
+    __slots__ = ("fn", "n", "kinds", "values", "rec", "err", "batch", "cid", "client", "coll", "ncancel")
+
+    def __init__(self, fn: RemoteFunction[Any, Any], n: int, cid: str, client: _core.Client, coll: _Collector) -> None:
+        self.fn = fn
+        self.n = n
+        self.cid = cid
+        self.client = client
+        self.coll = coll
+        self.kinds: str | None = None
+        self.values: list[Any] | None = None
+        self.rec: dict[str, Any] | None = None
+        self.err: tuple[int, str, str] | None = None
+        self.ncancel = 0
+        self.batch = _core.PromiseBatch(f"/v1/calls/{cid}", n, self.get, self.cancelled)
+
+    def get(self, i: int) -> Any:
+        if self.kinds is not None:
+            if self.kinds[i] == "O":
+                return self.values[i]  # type: ignore[index]
+            raise self.fn._rebuild(self.values[i])  # type: ignore[index]
+        if self.err is not None:
+            raise errors.error_from_response(*self.err)
+        return self.fn._outcome(self.rec or {"status": "failed", "message": "no outcome"})
+
+    def done(self, rec: dict[str, Any]) -> None:
+        if rec.get("status") == "ok":
+            try:
+                kinds, values = self.fn._dec(rec["data"])
+                if not isinstance(kinds, str) or len(kinds) != self.n or len(values) != self.n:
+                    raise ValueError(f"{len(kinds)} outcomes for {self.n} items")
+            except Exception as exc:  # noqa: BLE001 - a broken worker must not hang the refs
+                self.rec = {"status": "failed", "message": f"malformed result of a map chunk: {exc}"}
+            else:
+                self.values = values
+                self.kinds = kinds
+                # All "O" (the usual case): no per-item check at all.
+                if type(values) is not list:
+                    values = list(values)
+                self.batch.complete(values, None if kinds.count("O") == self.n else kinds)
+                return
+        else:
+            self.rec = rec
+        self.batch.complete()
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        self.err = (status, code, message)
+        self.batch.complete()
+
+    def cancelled(self, i: int) -> None:
+        self.ncancel += 1
+        if self.ncancel == self.n:
+            _cancel_call(self.client, self.coll, self.cid)
 
 
 _collectors: weakref.WeakKeyDictionary[Session, _Collector] = weakref.WeakKeyDictionary()
@@ -367,8 +446,18 @@ class RemoteFunction(Generic[P, R]):
       :func:`create_profile` (``sandlot profile create``): their image and
       environment apply where this function sets none; unknown ones raise
       ``NotFoundError`` at the first call.
-    * ``resources``, ``network``, ``ports``, ``s3_mount``: validated and
-      stored with the function (enforced once the runner supports them).
+    * ``resources``: a :class:`sandlot.ResourceOptions` or dict (cpu, memory,
+      pids, disk); every worker sandbox runs under these limits (see
+      :mod:`sandlot.resources`). A call whose worker the OOM killer ends fails
+      with :class:`WorkerCrashedError`.
+    * ``s3_mount``: an S3 bucket mounted in every worker sandbox with s3fs:
+      ``{"mount_path": "/data", "bucket": ..., "endpoint_url": ..., "prefix": ...,
+      "access_key_id": ..., "secret_access_key": ..., "region": ..., "read_only": bool}``
+      (or ``{"/data": {...}, ...}`` for several; see :mod:`sandlot.s3`). The
+      credentials go to the runner only and are never echoed; a bucket that
+      cannot be mounted fails the calls with the runner's reason.
+    * ``network``, ``ports``: validated and stored with the
+      function (enforced once the runner supports them).
     * ``max_timeout_seconds``: bound on each call; the call fails with
       :class:`FunctionTimeoutError` (a ``TimeoutError``) and its worker is
       killed and replaced.
@@ -436,9 +525,10 @@ class RemoteFunction(Generic[P, R]):
         self.profile_ids = _check_str_list("profile_ids", profile_ids)
         self.profile_names = _check_str_list("profile_names", profile_names)
         self.runner_ids = _check_str_list("runner_ids", runner_ids)
-        self.resources = _as_dict("resources", resources)
+        self.resources = resources_wire(resources)
         self.network = _as_dict("network", network)
         self.s3_mount = _as_dict("s3_mount", s3_mount)
+        self._s3_wire = s3_mounts_wire(self.s3_mount, "s3_mount")
         if ports is not None and (not isinstance(ports, list) or not all(isinstance(p, dict) for p in ports)):
             raise TypeError(f"ports must be a list of dicts, got {ports!r}")
         self.ports = [dict(p) for p in ports] if ports is not None else None
@@ -501,6 +591,12 @@ class RemoteFunction(Generic[P, R]):
 
     def _registration(self) -> dict[str, Any]:
         env = {"TMPDIR": self.temp_dir, "PYTHONDONTWRITEBYTECODE": "1"}
+        # A client running under AddressSanitizer (./dev asan) imports an
+        # instrumented sandlot._core; the worker imports the same file, which
+        # only loads with the sanitizer runtime preloaded there too.
+        if "libasan" in os.environ.get("LD_PRELOAD", ""):
+            env["LD_PRELOAD"] = os.environ["LD_PRELOAD"]
+            env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "detect_leaks=0")
         env.update(self.environment_variables or {})
         options = {
             k: v
@@ -508,7 +604,9 @@ class RemoteFunction(Generic[P, R]):
                 "resources": self.resources,
                 "network": self.network,
                 "ports": self.ports,
-                "s3_mount": self.s3_mount,
+                # What users see in listings: no credentials.
+                "s3_mount": [{k: v for k, v in m.items() if k not in ("access_key_id", "secret_access_key")}
+                             for m in self._s3_wire] or None,
                 "profile_ids": self.profile_ids,
                 "profile_names": self.profile_names,
                 "serialization": self.serialization.value,
@@ -534,6 +632,8 @@ class RemoteFunction(Generic[P, R]):
             "min_workers": self.min_workers,
             "fresh": self.fresh_sandbox,
         }
+        if self._s3_wire:
+            body["s3_mounts"] = self._s3_wire
         if self.max_workers is not None:
             body["max_workers"] = self.max_workers
         if self.idle_timeout is not None:
@@ -668,22 +768,138 @@ class RemoteFunction(Generic[P, R]):
     def _remote_done(self, resp: dict[str, Any]) -> Any:
         return self._outcome(resp["call"])
 
-    def map(self, items: Iterable[tuple[Any, ...]], *, kwargs: Iterable[dict[str, Any]] | None = None) -> list[_core.OperationRef[R]]:
+    def map(self, items: Iterable[tuple[Any, ...]], *, kwargs: Iterable[dict[str, Any]] | None = None,
+            chunksize: int | None = None) -> list[_core.OperationRef[R]]:
         """Launch one call per tuple of positional arguments; refs in order.
 
         ``kwargs`` (optional, same length) adds keyword arguments per call.
-        All calls are submitted in a few batched requests and run in
-        parallel on the pool.
+        Every item gets its own ref (``result()``, ``await``, ``cancel()``),
+        and a failing item raises its own exception from its own ref.
+
+        Items travel in *chunks*: consecutive items serialized as one payload
+        and run one after another by one worker, which returns their outcomes
+        together; chunks run in parallel on the pool. ``chunksize`` (default:
+        about four chunks per worker, at most 1024 items) sets the items per
+        chunk; ``chunksize=1`` sends every item as a call of its own. Small
+        maps, ``fresh_sandbox`` and ``max_timeout_seconds`` use one call per
+        item, so every item keeps its own sandbox and timeout. Within a chunk:
+        the refs complete together when the chunk ends; a worker crash fails
+        every item of its chunk (``WorkerCrashedError``); cancelling one ref
+        cancels it at once, but its item still runs with the chunk (the
+        result is dropped) unless every ref of the chunk is cancelled, which
+        cancels the chunk's call.
 
         Example:
             >>> refs = add.map([(1, 2), (3, 4), (5, 6)])   # doctest: +SKIP
             >>> [r.result() for r in refs]                 # doctest: +SKIP
             [3, 7, 11]
         """
-        items = list(items)
-        kws = list(kwargs) if kwargs is not None else [{}] * len(items)
-        if len(kws) != len(items):
+        items = items if type(items) is list else list(items)
+        kws = list(kwargs) if kwargs is not None else None
+        if kws is not None and len(kws) != len(items):
             raise ValueError(f"map: {len(items)} items but {len(kws)} kwargs")
+        n = len(items)
+        if n == 0:
+            return []
+        cs = self._chunksize(n, chunksize)
+        if cs <= 1:
+            return self._map_each(items, kws if kws is not None else [{}] * n)
+        if set(map(type, items)) != {tuple}:
+            items = [it if isinstance(it, tuple) else (it,) for it in items]
+        self._check_shapes(items, kws)
+        chunks: list[tuple[int, int, bytes]] = []
+        for start in range(0, n, cs):
+            self._encode_chunk(items, kws, start, min(n, start + cs), chunks)
+        sess, fid = self._ensure()
+        coll = _collector(sess)
+        client = sess._client
+        base = secrets.token_hex(8)
+        refs: list[_core.OperationRef[R]] = []
+        # About 8 requests, sent without waiting for each other: the first
+        # chunks run while the later ones are still being prepared here.
+        per_req = max(1, -(-len(chunks) // 8))
+        sent: list[tuple[Any, list[tuple[str, _Chunk]]]] = []
+        i = 0
+        while i < len(chunks):
+            j, size = i, 0
+            while j < len(chunks) and j - i < per_req and (j == i or size + len(chunks[j][2]) < _BATCH_BYTES):
+                size += len(chunks[j][2])
+                j += 1
+            prefix = f"k{base}-{len(sent)}"
+            entries = []
+            for k in range(i, j):
+                start, stop, _ = chunks[k]
+                cid = f"{prefix}.{k - i}"
+                ch = _Chunk(self, stop - start, cid, client, coll)
+                entries.append((cid, ch))
+                refs += ch.batch.refs
+            coll.add(entries)
+            req = client.request("POST", f"/v1/functions/{fid}/calls",
+                                 {"channel": coll.channel, "prefix": prefix, "args": [c[2] for c in chunks[i:j]]})
+            sent.append((req, entries))
+            i = j
+        coll.start()
+        # Not waited for: a request the runner refuses fails its items.
+        for req, entries in sent:
+            req.add_done_callback(functools.partial(_submitted, coll, [cid for cid, _ in entries]))
+        return refs
+
+    def _chunksize(self, n: int, chunksize: int | None) -> int:
+        if chunksize is not None:
+            if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+                raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+            return chunksize
+        if self.fresh_sandbox or self.max_timeout_seconds:
+            return 1  # each item keeps its own sandbox / its own timeout
+        workers = self.max_workers or min(os.cpu_count() or 1, 4)
+        cs = min(_CHUNK_MAX, -(-n // (workers * 4)))
+        # Tiny chunks save little and make results arrive in bursts.
+        return cs if cs >= 4 else 1
+
+    def _check_shapes(self, items: list[tuple[Any, ...]], kws: list[dict[str, Any]] | None) -> None:
+        """Bind the signature once per distinct call shape (arity, keywords)."""
+        if self._sig is None:
+            return
+        if kws is None:
+            lens = set(map(len, items))
+            todo = [(ln, ()) for ln in lens]
+        else:
+            todo = list({(len(a), tuple(kw)) for a, kw in zip(items, kws)})
+        for ln, names in todo:
+            try:
+                self._sig.bind(*range(ln), **dict.fromkeys(names))
+            except TypeError:
+                for i, a in enumerate(items):
+                    kw = kws[i] if kws is not None else {}
+                    if len(a) == ln and tuple(kw) == names:
+                        try:
+                            self._sig.bind(*a, **kw)
+                        except TypeError as exc:
+                            raise TypeError(f"map item {i}: {_qualname(self._fn)}(): {exc}") from None
+                raise
+
+    def _encode_chunk(self, items: list[tuple[Any, ...]], kws: list[dict[str, Any]] | None, start: int, stop: int,
+                      out: list[tuple[int, int, bytes]]) -> None:
+        part = items[start:stop]
+        try:
+            payload = _CHUNK_TAG + self._enc([part, kws[start:stop] if kws is not None else None])
+        except Exception as exc:
+            for i in range(start, stop):
+                try:
+                    self._encode(items[i], kws[i] if kws is not None else {})
+                except TypeError as inner:
+                    raise TypeError(f"map item {i}: {inner}") from None
+            raise TypeError(f"map: the items {start}..{stop - 1} cannot be serialized with "
+                            f"Serialization.{self.serialization.name}: {exc}") from None
+        if len(payload) > _CHUNK_BYTES and stop - start > 1:
+            mid = (start + stop) // 2
+            self._encode_chunk(items, kws, start, mid, out)
+            self._encode_chunk(items, kws, mid, stop, out)
+            return
+        out.append((start, stop, payload))
+
+    def _map_each(self, items: list[Any], kws: list[dict[str, Any]]) -> list[_core.OperationRef[R]]:
+        """map() with one runner call per item."""
         payloads = []
         shapes: set[Any] = set()
         for i, (item, kw) in enumerate(zip(items, kws)):
@@ -762,6 +978,15 @@ class RemoteFunction(Generic[P, R]):
         """The runner's view: pool, queue, counters, stored options."""
         sess, fid = self._ensure()
         return sess.request("GET", f"/v1/functions/{fid}").result()["function"]
+
+
+def _submitted(coll: _Collector, ids: list[str], req: Any) -> None:
+    try:
+        exc = req.exception()
+    except BaseException as e:  # noqa: BLE001 - cancelled: treat as refused
+        exc = e
+    if exc is not None:
+        coll.fail(ids, getattr(exc, "status", 0) or 500, getattr(exc, "code", None) or "failed", str(exc))
 
 
 def _cancel_call(client: _core.Client, coll: _Collector, call_id: str) -> None:

@@ -56,7 +56,8 @@ class ProcessInfo:
 
     ``exit_code`` follows ``subprocess``: ``N >= 0`` for ``exit(N)``, ``-N`` for
     death by signal N (``-9`` when the sandbox was killed). ``pid`` is the pid
-    inside the sandbox.
+    inside the sandbox. ``oom_killed`` is True when the kernel's OOM killer
+    ended it (the sandbox's ``resources`` memory limit; ``exit_code`` is -9).
     """
 
     process_id: int
@@ -65,6 +66,7 @@ class ProcessInfo:
     status: str
     exit_code: int | None
     pid: int | None
+    oom_killed: bool = False
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> ProcessInfo:
@@ -75,6 +77,7 @@ class ProcessInfo:
             status=str(d.get("status", "running")),
             exit_code=d.get("exit_code"),
             pid=d.get("pid"),
+            oom_killed=bool(d.get("oom_killed", False)),
         )
 
 
@@ -333,6 +336,8 @@ class SandboxProcess:
             sandbox's entry command, exec'd ones count from 1).
         pid: the pid inside the sandbox.
         returncode: None until :meth:`wait` or :meth:`poll` saw the exit.
+        oom_killed: None until :meth:`wait` or :meth:`poll` saw the exit, then
+            True if the OOM killer ended it (memory limit; returncode -9).
 
     Example:
         >>> proc = sb.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])   # doctest: +SKIP
@@ -348,6 +353,7 @@ class SandboxProcess:
         self.pid = info.pid
         self.cmd = list(info.cmd)
         self.returncode: int | None = info.exit_code if info.status == "exited" else None
+        self.oom_killed: bool | None = info.oom_killed if info.status == "exited" else None
         self.stdout = OutputStream(session, info.sandbox_id, info.process_id, "stdout")
         self.stderr = OutputStream(session, info.sandbox_id, info.process_id, "stderr")
         self.stdin = InputStream(session, info.sandbox_id, info.process_id)
@@ -374,7 +380,19 @@ class SandboxProcess:
                 f"still running after {timeout} s"
             )
         self.returncode = code = int(resp["exit_code"])
+        yield from self._note_oom(code)
         return code
+
+    def _note_oom(self, code: int) -> Any:
+        """Set ``oom_killed`` once the exit is known: only a SIGKILL can be the
+        OOM killer's, so only then ask the runner (one GET)."""
+        if self.oom_killed is not None:
+            return
+        if code != -9:
+            self.oom_killed = False
+            return
+        resp = yield self._session.request("GET", self._base)
+        self.oom_killed = bool(resp["process"].get("oom_killed", False))
 
     @op
     def poll(self) -> Op[int | None]:
@@ -385,6 +403,7 @@ class SandboxProcess:
         if resp is _TIMED_OUT:
             return None
         self.returncode = code = int(resp["exit_code"])
+        yield from self._note_oom(code)
         return code
 
     @op
@@ -394,6 +413,7 @@ class SandboxProcess:
         info = ProcessInfo.from_wire(resp["process"])
         if info.status == "exited" and info.exit_code is not None:
             self.returncode = info.exit_code
+            self.oom_killed = info.oom_killed
         return info
 
     @op

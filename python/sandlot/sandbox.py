@@ -28,6 +28,9 @@ from . import _validate
 from ._aio import Blocking, Op, classop, op
 from .errors import NotFoundError, SandboxError
 from .image import Image
+from .resources import ResourceOptions, resources_wire
+from .s3 import s3_mounts_wire
+from .s3 import secrets_of as s3_secrets_of
 from .process import _TIMED_OUT, InputStream, OutputStream, ProcessInfo, SandboxProcess, _long_wait
 from .secret import Secret
 from .session import Session, _resolve
@@ -51,6 +54,9 @@ class SandboxInfo:
     ``"terminated"``, ``"failed"``. ``exit_code`` is the entry command's (``-N``
     for death by signal N). ``pid`` is the host pid of the sandbox's init while
     it runs. Secret values are never part of it, only ``secret_names``.
+    ``resources`` is the limits it runs under (runner form: cpu in cores,
+    memory and disk in MiB), ``oom_killed`` whether the OOM killer killed any
+    of its processes (memory limit).
     """
 
     sandbox_id: str
@@ -66,6 +72,8 @@ class SandboxInfo:
     created_at: float
     finished_at: float | None
     pid: int | None
+    resources: Mapping[str, Any] | None = field(default=None, hash=False)
+    oom_killed: bool = False
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> SandboxInfo:
@@ -84,6 +92,8 @@ class SandboxInfo:
             created_at=float(d.get("created_at") or 0.0),
             finished_at=d.get("finished_at"),
             pid=d.get("pid"),
+            resources=dict(d["resources"]) if d.get("resources") else None,
+            oom_killed=bool(d.get("oom_killed", False)),
         )
 
     @property
@@ -157,6 +167,8 @@ class Sandbox:
         *,
         session: Session | None = None,
         mounted_files: Mapping[str, str | os.PathLike[str]] | None = None,
+        resources: ResourceOptions | Mapping[str, Any] | None = None,
+        s3_mounts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None = None,
     ) -> Op[Sandbox]:
         """Start a sandbox running ``cmd``; returns once the command has started.
 
@@ -187,6 +199,15 @@ class Sandbox:
                 directories bound read-only into the sandbox (writes fail with
                 EROFS); the host paths are the runner's. RemoteFunction's
                 ``mounted_files`` uses the same mechanism.
+            resources: limits, a :class:`sandlot.ResourceOptions` or a dict with
+                ``cpu`` (cores), ``memory`` (MiB or ``"512Mi"``), ``pids``,
+                ``disk`` (writable layer, MiB or ``"1Gi"``); ``gpu`` is refused.
+                See :mod:`sandlot.resources`.
+            s3_mounts: ``{"/path/inside": {"bucket": ..., "endpoint_url": ...,
+                "prefix": ..., "access_key_id": ..., "secret_access_key": ...,
+                "region": ..., "read_only": bool}}``: S3 buckets mounted with
+                s3fs by the runner (see :mod:`sandlot.s3`). Bad credentials or
+                an unreachable endpoint raise ``SpawnError`` within seconds.
 
         Raises:
             TypeError / ValueError: bad arguments (nothing was sent).
@@ -201,6 +222,7 @@ class Sandbox:
             >>> sb.terminate()                                     # doctest: +SKIP
         """
         argv = _validate.command(cmd, what="cmd")
+        res = resources_wire(resources)
         if image is None:
             image_spec = None
         elif isinstance(image, Image):
@@ -254,6 +276,7 @@ class Sandbox:
                 if not isinstance(h, str) or not h:
                     raise TypeError(f"mounted_files[{p!r}] must be a host path (str), got {host!r}")
                 mounts[p] = os.path.abspath(h)
+        s3_wire = s3_mounts_wire(s3_mounts)
         if snapshot is not None and not isinstance(snapshot, SandboxSnapshot):
             raise TypeError(
                 "snapshot must be a sandlot.SandboxSnapshot (sb.snapshot() or SandboxSnapshot.lookup(id)), "
@@ -284,10 +307,14 @@ class Sandbox:
             body["snapshot"] = snapshot.snapshot_id
         if mounts:
             body["mounts"] = mounts
+        if res:
+            body["resources"] = res
+        if s3_wire:
+            body["s3_mounts"] = s3_wire
         try:
             resp = yield sess.request("POST", "/v1/sandboxes", body, timeout=CREATE_TIMEOUT)
         except SandboxError as exc:
-            scrubbed = _scrub(exc, list(secret_env.values()))
+            scrubbed = _scrub(exc, list(secret_env.values()) + s3_secrets_of(s3_wire))
             if scrubbed is exc:
                 raise
             raise scrubbed from None
