@@ -43,6 +43,28 @@ static void add_job(sl_runner *rt, sl_job *j)
     rt->jobs = j;
 }
 
+int sl_spawnattr_init(posix_spawnattr_t *attr, short extra_flags)
+{
+    /* The runner ignores SIGPIPE and handles signals through libevent; a
+     * child starts with default dispositions and an empty mask. */
+    sigset_t none, def;
+    sigemptyset(&none);
+    sigemptyset(&def);
+    sigaddset(&def, SIGPIPE);
+    sigaddset(&def, SIGINT);
+    sigaddset(&def, SIGTERM);
+    sigaddset(&def, SIGCHLD);
+    int rc = posix_spawnattr_init(attr);
+    if (rc != 0)
+        return rc;
+    rc = posix_spawnattr_setsigmask(attr, &none);
+    rc = rc ? rc : posix_spawnattr_setsigdefault(attr, &def);
+    rc = rc ? rc
+            : posix_spawnattr_setflags(
+                  attr, (short)(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | extra_flags));
+    return rc;
+}
+
 int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg)
 {
     sl_job *j = calloc(1, sizeof(*j));
@@ -59,19 +81,7 @@ int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&attr);
-    /* The runner ignores SIGPIPE and handles signals through libevent; the
-     * child starts with default dispositions and an empty mask. */
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGINT);
-    sigaddset(&def, SIGTERM);
-    sigaddset(&def, SIGCHLD);
-    int rc = posix_spawnattr_setsigmask(&attr, &none);
-    rc = rc ? rc : posix_spawnattr_setsigdefault(&attr, &def);
-    rc = rc ? rc : posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    int rc = sl_spawnattr_init(&attr, 0);
     rc = rc ? rc : posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     rc = rc ? rc : posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     rc = rc ? rc : posix_spawn_file_actions_adddup2(&fa, p[1], 2);

@@ -476,20 +476,8 @@ static int spawn_s3fs(struct sl_s3 *m, const char *logpath, sl_err *e, size_t i)
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&attr);
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGINT);
-    sigaddset(&def, SIGTERM);
-    sigaddset(&def, SIGCHLD);
-    int rc = posix_spawnattr_setsigmask(&attr, &none);
-    rc = rc ? rc : posix_spawnattr_setsigdefault(&attr, &def);
     /* Own session: a terminal's ^C to the runner's group must not unmount. */
-    rc = rc ? rc
-            : posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-                                                  POSIX_SPAWN_SETSID);
+    int rc = sl_spawnattr_init(&attr, POSIX_SPAWN_SETSID);
     rc = rc ? rc : posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     rc = rc ? rc
             : posix_spawn_file_actions_addopen(&fa, 1, logpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);

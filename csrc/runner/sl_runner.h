@@ -13,6 +13,7 @@
 #define SL_RUNNER_H
 
 #include <stdint.h>
+#include <spawn.h>
 #include <sys/types.h>
 
 #include <event2/buffer.h>
@@ -358,6 +359,11 @@ void sl_h_volume_delete(sl_req *r);
 void sl_store_shutdown(sl_runner *rt);
 
 /* ---- jobs.c ---- */
+/* posix_spawnattr for a runner child: empty signal mask, default dispositions
+ * for the signals the runner handles, plus extra_flags (e.g. POSIX_SPAWN_SETSID).
+ * Returns 0 or an errno value; the caller destroys attr either way (glibc's
+ * posix_spawnattr_init cannot fail). */
+int sl_spawnattr_init(posix_spawnattr_t *attr, short extra_flags);
 /* Run argv in a child; done(rt, arg, wait_status, stderr_text) when it exits. */
 int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg);
 /* Remove path (sl_rm_rf) in a child so a large tree never stalls the loop. */
