@@ -24,6 +24,34 @@ def _table(rows: list[tuple[str, ...]], out: Callable[[str], None]) -> None:
         out("  ".join(r[i].ljust(widths[i]) for i in range(len(widths))) + "  " + r[-1])
 
 
+def _print_rows(rows: list[tuple[str, ...]], quiet: bool, out: Callable[[str], None]) -> None:
+    """A table with its header, or with ``-q`` just the first column."""
+    if quiet:
+        for r in rows[1:]:
+            out(r[0])
+    else:
+        _table(rows, out)
+
+
+def _delete_each(
+    names: list[str], delete: Callable[[str], object], out: Callable[[str], None], err: Callable[[str], None]
+) -> int:
+    """Delete every name, reporting each failure; 1 if any failed."""
+    rc = 0
+    for name in names:
+        try:
+            delete(name)
+        except NotFoundError as exc:
+            err(str(exc))  # the message already names it
+            rc = 1
+        except SandboxError as exc:
+            err(f"{name}: {exc}")
+            rc = 1
+        else:
+            out(name)
+    return rc
+
+
 def add_commands(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     session: Callable[[], Session],
@@ -57,20 +85,7 @@ def add_commands(
 
     def snap_rm(args: argparse.Namespace) -> int:
         s = session()
-        rc = 0
-        for sid in args.ids:
-            try:
-                SandboxSnapshot(sid, _session=s).delete()
-            except NotFoundError as exc:
-                err(str(exc))
-                rc = 1
-                continue
-            except SandboxError as exc:
-                err(f"{sid}: {exc}")
-                rc = 1
-                continue
-            out(sid)
-        return rc
+        return _delete_each(args.ids, lambda sid: SandboxSnapshot(sid, _session=s).delete(), out, err)
 
     def image_ls(args: argparse.Namespace) -> int:
         s = session()
@@ -79,25 +94,12 @@ def add_commands(
         rows: list[tuple[str, ...]] = [("NAME", "AGE")]
         for im in images:
             rows.append((im["name"], age(now - (im.get("created_at") or now))))
-        if args.quiet:
-            for r in rows[1:]:
-                out(r[0])
-        else:
-            _table(rows, out)
+        _print_rows(rows, args.quiet, out)
         return 0
 
     def image_rm(args: argparse.Namespace) -> int:
         s = session()
-        rc = 0
-        for name in args.names:
-            try:
-                s.request("POST", f"/v1/images/{name}/delete", {}).result()
-            except SandboxError as exc:
-                err(f"{name}: {exc}")
-                rc = 1
-                continue
-            out(name)
-        return rc
+        return _delete_each(args.names, lambda name: s.request("POST", f"/v1/images/{name}/delete", {}).result(), out, err)
 
     def volume_ls(args: argparse.Namespace) -> int:
         vols = Volume.list(session=session())
@@ -105,25 +107,12 @@ def add_commands(
         rows: list[tuple[str, ...]] = [("NAME", "AGE")]
         for v in vols:
             rows.append((v.name, age(now - (v.created_at or now))))
-        if args.quiet:
-            for r in rows[1:]:
-                out(r[0])
-        else:
-            _table(rows, out)
+        _print_rows(rows, args.quiet, out)
         return 0
 
     def volume_rm(args: argparse.Namespace) -> int:
         s = session()
-        rc = 0
-        for name in args.names:
-            try:
-                Volume(name, None, s).delete()
-            except SandboxError as exc:
-                err(f"{name}: {exc}")
-                rc = 1
-                continue
-            out(name)
-        return rc
+        return _delete_each(args.names, lambda name: Volume(name, None, s).delete(), out, err)
 
     for noun, helptext, ls, rm, what in (
         ("snapshot", "list or delete sandbox snapshots", snap_ls, snap_rm, "ids"),

@@ -10,16 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from ._cli_data import _table
 from .function import create_profile, delete_profile, list_profiles
 from .session import Session
 
 Out = Callable[[str], None]
-
-
-def _table(rows: list[tuple[str, ...]], out: Out) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
 
 
 def _annotations(a: dict[str, str] | None) -> str:
