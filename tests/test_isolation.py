@@ -8,6 +8,7 @@ import socket
 import uuid
 
 import pytest
+import sandlot
 from sandlot import Sandbox
 
 
@@ -106,3 +107,24 @@ def test_privileges_are_dropped(box):
     assert inside["NoNewPrivs"].strip() == "1"
     assert inside["Seccomp"].strip() == "2"  # a filter is installed
     assert box.exec(["mount", "-t", "tmpfs", "none", "/mnt"]).wait() != 0
+
+
+def test_clients_own_python_and_sandlot_work_inside(session):
+    # The host image promises the client's interpreter and sandlot inside,
+    # even when they live under a directory sandboxes mask (/root, /home, /tmp).
+    import sys
+
+    with Sandbox.create(["sleep", "60"], session=session) as sb:
+        # The client's import path as it has it (an installed sandlot needs
+        # none; a source tree run with PYTHONPATH passes it on).
+        pp = os.pathsep.join(os.path.abspath(x) for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x)
+        env = {"PYTHONPATH": pp} if pp else None
+        p = sb.exec([sys.executable, "-c", "import sys, sandlot; print(sys.version.split()[0], sandlot.__file__)"], env=env)
+        out = p.stdout.read()
+        assert p.wait() == 0, p.stderr.read()
+        version, path = out.split()
+        assert version == sys.version.split()[0]
+        assert path == sandlot.__file__
+        # Read-only: the client's files cannot be changed from inside.
+        w = sb.exec(["sh", "-c", f"touch {sys.prefix}/sandlot-probe"])
+        assert w.wait() != 0

@@ -35,6 +35,7 @@ from .process import _TIMED_OUT, InputStream, OutputStream, ProcessInfo, Sandbox
 from .secret import Secret
 from .session import Session, _resolve
 from .snapshot import SNAPSHOT_TIMEOUT, SandboxSnapshot
+from .function import _mounts as _interpreter_mounts
 from .volume import Volume
 
 __all__ = ["Sandbox", "SandboxInfo", "SandboxSnapshot"]
@@ -305,6 +306,14 @@ class Sandbox:
         }
         if snapshot is not None:
             body["snapshot"] = snapshot.snapshot_id
+        if snapshot is None and image_spec in (None, "host"):
+            # The host image promises the client's own Python and sandlot
+            # inside; where they live under a directory sandboxes mask (a
+            # pyenv under /root, a checkout under /tmp), bind them read-only.
+            taken = list(mounts) + list(vols)
+            for p in _interpreter_mounts(image_spec):
+                if not any(p == t or p.startswith(t.rstrip("/") + "/") for t in taken):
+                    mounts[p] = p
         if mounts:
             body["mounts"] = mounts
         if res:
