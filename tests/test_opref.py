@@ -17,20 +17,9 @@ import pytest
 
 from sandlot import _core
 
-from _msgpack_server import ServerProcess
+from _core_helpers import RunnerError, mapper, server, wait_until  # noqa: F401 (fixtures)
 
 
-class RunnerError(Exception):
-    def __init__(self, status, code, message):
-        super().__init__(f"{code}: {message}")
-        self.status, self.code, self.message = status, code, message
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("srv"))
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
@@ -38,20 +27,6 @@ def client(server):
     return _core.Client(server.unix_url)
 
 
-@pytest.fixture
-def mapper():
-    _core.set_error_mapper(RunnerError)
-    yield RunnerError
-    _core.set_error_mapper(None)
-
-
-def wait_until(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 # --- types --------------------------------------------------------------------

@@ -18,20 +18,10 @@ import pytest
 
 from sandlot import _core
 
+from _core_helpers import RunnerError, mapper, server, wait_until  # noqa: F401 (fixtures)
 from _msgpack_server import ServerProcess
 
 
-class RunnerError(Exception):
-    def __init__(self, status, code, message):
-        super().__init__(f"{code}: {message}")
-        self.status, self.code, self.message = status, code, message
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("srv"))
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(params=["unix", "tcp"])
@@ -39,25 +29,11 @@ def client(request, server):
     return _core.Client(server.unix_url if request.param == "unix" else server.tcp_url)
 
 
-@pytest.fixture
-def mapper():
-    _core.set_error_mapper(RunnerError)
-    yield RunnerError
-    _core.set_error_mapper(None)
-
 
 @pytest.fixture
 def no_mapper():
     _core.set_error_mapper(None)  # sandlot installs one at import
 
-
-def wait_until(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 # --- values and headers -----------------------------------------------------
