@@ -61,6 +61,17 @@ static int path_error(sl_err *e, int err, const char *op, const char *path)
 }
 
 /* O_PATH handle on the sandbox's root, or -1 with e set (409 once it ended). */
+/* Both directions refuse anything but a regular file: FIFOs, devices and
+ * sockets could block the runner's loop or never end. */
+static int stat_regular(int fd, const char *path, struct stat *st, sl_err *e)
+{
+    if (fstat(fd, st) < 0)
+        return sl_err_set(e, 500, "fstat %.300s: %s", path, strerror(errno));
+    if (!S_ISREG(st->st_mode))
+        return sl_err_set(e, 400, "%.300s is not a regular file", path);
+    return 0;
+}
+
 static int sandbox_root(sl_box *b, sl_err *e)
 {
     if (!b->alive || b->killed || b->finalised)
@@ -105,15 +116,8 @@ void sl_h_file_read(sl_req *r)
         goto fail;
     }
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        sl_err_set(&e, 500, "fstat %.300s: %s", path, strerror(errno));
+    if (stat_regular(fd, path, &st, &e) < 0)
         goto fail;
-    }
-    /* FIFOs, devices and sockets could block or never end. */
-    if (!S_ISREG(st.st_mode)) {
-        sl_err_set(&e, 400, "%.300s is not a regular file", path);
-        goto fail;
-    }
     if ((uint64_t)st.st_size > SL_FILE_MAX) {
         sl_err_set(&e, 413, "%.300s is %lld bytes; files/read is limited to %zu", path,
                    (long long)st.st_size, SL_FILE_MAX);
@@ -202,14 +206,8 @@ void sl_h_file_write(sl_req *r)
         goto fail;
     }
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        sl_err_set(&e, 500, "fstat %.300s: %s", path, strerror(errno));
+    if (stat_regular(fd, path, &st, &e) < 0)
         goto fail;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        sl_err_set(&e, 400, "%.300s is not a regular file", path);
-        goto fail;
-    }
     if (ftruncate(fd, 0) < 0) {
         path_error(&e, errno, "truncate", path);
         goto fail;
