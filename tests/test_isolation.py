@@ -125,6 +125,20 @@ def test_clients_own_python_and_sandlot_work_inside(session):
         version, path = out.split()
         assert version == sys.version.split()[0]
         assert path == sandlot.__file__
-        # Read-only: the client's files cannot be changed from inside.
-        w = sb.exec(["sh", "-c", f"touch {sys.prefix}/sandlot-probe"])
-        assert w.wait() != 0
+        # The client's files cannot be changed from inside. Where they sit under
+        # a masked dir they are bound read-only, so the write fails; elsewhere
+        # (e.g. a checkout under /srv) the host image is read-only under the
+        # sandbox's writable layer, so the write lands in that layer. Either
+        # way the host's copy never changes.
+        probe = os.path.join(sys.prefix, "sandlot-probe")
+        assert not os.path.exists(probe)
+        w = sb.exec(["sh", "-c", f"touch {probe} && echo written"])
+        wrote = w.wait() == 0
+        if wrote:
+            assert w.stdout.read().strip() == "written"
+        assert not os.path.exists(probe), "a write inside the sandbox reached the client's interpreter on the host"
+    if not wrote:
+        return
+    # The write was visible only inside that sandbox: a new one sees the original.
+    with Sandbox.create(["sleep", "60"], session=session) as sb2:
+        assert sb2.exec(["test", "-e", probe]).wait() != 0
