@@ -1,12 +1,15 @@
 """Sandbox start-up latency: sandlot vs raw bubblewrap, side by side in one run.
 
 sandlot round: Sandbox.create() -> exec("true") -> wait -> terminate, through the
-public Python API against the local runner (created on demand).
+public Python API against the local runner (created on demand). Every sandbox is
+hardened (seccomp profile, reduced capabilities, no_new_privs, masks); a second
+sandlot side also sets every resource limit (cgroup cpu/memory/pids and a
+size-capped writable layer), so "hardening and limits on" is measured too.
 bwrap round: `bwrap --unshare-all --die-with-parent --ro-bind / / --proc /proc
 --dev /dev --tmpfs /tmp true`, the floor for "new namespaces + run a process".
 
 Usage: python bench/sandbox_latency.py [--rounds 200] [--json]
-Prints p50/p99 for both and the ratio sandlot_p50 / bwrap_p50 (target: <= 3).
+Prints p50/p99 for the three and the ratios to bwrap's p50 (target: <= 3).
 """
 
 from __future__ import annotations
@@ -25,16 +28,20 @@ def pct(xs: list[float], p: float) -> float:
     return xs[k]
 
 
-def bench_sandlot(rounds: int) -> list[float]:
+# The "limits on" side: every cgroup limit and the size-capped writable layer.
+LIMITS = {"cpu": 1.0, "memory": "256Mi", "pids": 256, "disk": "256Mi"}
+
+
+def bench_sandlot(rounds: int, resources: dict | None = None) -> list[float]:
     import sandlot
 
     # Warm up: start the runner and the connection.
-    with sandlot.Sandbox.create() as sb:
+    with sandlot.Sandbox.create(resources=resources) as sb:
         sb.exec(["true"]).wait()
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        sb = sandlot.Sandbox.create()
+        sb = sandlot.Sandbox.create(resources=resources)
         rc = sb.exec(["true"]).wait()
         sb.terminate()
         out.append(time.perf_counter() - t0)
@@ -63,29 +70,36 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     # Interleave in blocks so machine noise hits both sides alike.
-    s, b = [], []
+    s, lim, b = [], [], []
     block = max(1, args.rounds // 10)
     while len(s) < args.rounds:
         n = min(block, args.rounds - len(s))
         s += bench_sandlot(n)
+        lim += bench_sandlot(n, LIMITS)
         b += bench_bwrap(n)
     res = {
         "rounds": args.rounds,
         "sandlot_p50_ms": pct(s, 50) * 1e3,
         "sandlot_p99_ms": pct(s, 99) * 1e3,
         "sandlot_mean_ms": statistics.mean(s) * 1e3,
+        "limits_p50_ms": pct(lim, 50) * 1e3,
+        "limits_p99_ms": pct(lim, 99) * 1e3,
         "bwrap_p50_ms": pct(b, 50) * 1e3,
         "bwrap_p99_ms": pct(b, 99) * 1e3,
         "bwrap_mean_ms": statistics.mean(b) * 1e3,
     }
     res["ratio_p50"] = res["sandlot_p50_ms"] / res["bwrap_p50_ms"]
+    res["limits_ratio_p50"] = res["limits_p50_ms"] / res["bwrap_p50_ms"]
     if args.json:
         print(json.dumps(res, indent=2))
         return
     print(f"sandbox latency, {args.rounds} rounds (create -> exec true -> wait -> terminate)")
     print(f"  sandlot  p50 {res['sandlot_p50_ms']:7.2f} ms   p99 {res['sandlot_p99_ms']:7.2f} ms")
+    print(f"  +limits  p50 {res['limits_p50_ms']:7.2f} ms   p99 {res['limits_p99_ms']:7.2f} ms   ({LIMITS})")
     print(f"  bwrap    p50 {res['bwrap_p50_ms']:7.2f} ms   p99 {res['bwrap_p99_ms']:7.2f} ms")
-    print(f"  ratio sandlot/bwrap p50: {res['ratio_p50']:.2f}x (target <= 3x)")
+    print(f"  ratio sandlot/bwrap p50: {res['ratio_p50']:.2f}x, with limits {res['limits_ratio_p50']:.2f}x "
+          "(target <= 3x)")
+    print(f"  limits add {res['limits_p50_ms'] - res['sandlot_p50_ms']:+.2f} ms to p50")
 
 
 if __name__ == "__main__":
