@@ -142,10 +142,8 @@ def bench_sandlot(n: int) -> tuple[dict, object, list]:
         return sandlot.Sandbox.create(["sleep", "3600"], session=session, timeout=3600)
 
     t0 = time.perf_counter()
-    boxes: list = []
     with cf.ThreadPoolExecutor(4) as ex:
-        for sb in ex.map(one, range(n)):
-            boxes.append(sb)
+        boxes = list(ex.map(one, range(n)))
     create_s = time.perf_counter() - t0
     alive = sum(1 for sb in boxes if sb.poll() is None)
     after = settle()
