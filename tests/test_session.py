@@ -184,6 +184,35 @@ def test_embedded_default_autostarts_and_outlives_the_client(xdg_env):
     assert st2.returncode == 1 and "not running" in st2.stdout
 
 
+def test_a_runner_from_another_build_is_reported(xdg_env, tmp_path):
+    # The embedded runner outlives its client: after an upgrade, or with two
+    # installations sharing a runtime dir, a client can meet another build.
+    d, env = xdg_env
+    import shutil
+
+    # Another installation's _bin: the runner and, beside it, its init.
+    shutil.copytree(Path(sandlot.__file__).resolve().parent / "_bin", tmp_path / "_bin")
+    other = tmp_path / "_bin" / "sandlotd"
+    code = (
+        "import logging, sandlot\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')\n"
+        "print(sandlot.default_session().health()['ok'])\n"
+    )
+    started = run_python(code, {**env, "SANDLOT_RUNNER_BIN": str(other)})
+    assert started.returncode == 0, started.stderr
+    assert "WARNING" not in started.stderr  # it started the runner it asked for
+    met = run_python(code, env)  # this client ships the packaged binary
+    assert met.returncode == 0 and met.stdout.strip() == "True", met.stderr
+    assert "not this sandlot's" in met.stderr and str(other) in met.stderr, met.stderr
+    assert "sandlot runner stop" in met.stderr
+    # Once restarted from this installation, nothing to report.
+    assert run_cli(["runner", "stop"], env).returncode == 0
+    fresh = run_python(code, env)
+    again = run_python(code, env)
+    assert fresh.returncode == 0 and again.returncode == 0
+    assert "WARNING" not in fresh.stderr + again.stderr, fresh.stderr + again.stderr
+
+
 def test_concurrent_clients_start_one_runner(xdg_env):
     d, env = xdg_env
     code = "import sandlot; print(sandlot.default_session().health()['pid'])"

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import _core, errors
 from ._aio import Blocking, Op, op
-from ._runtime import RuntimePaths, runtime_paths, start_runner
+from ._runtime import RuntimePaths, runner_binary, runtime_paths, start_runner
 
 __all__ = ["Session", "default_session"]
 
@@ -151,10 +151,12 @@ class Session:
             return
         gen = errors.unavailable_generation
         try:
-            yield self._client.request("GET", "/v1/health", None, timeout=10.0)
+            health = yield self._client.request("GET", "/v1/health", None, timeout=10.0)
         except errors.RunnerUnavailableError:
             yield Blocking(self._start_embedded)
             gen = errors.unavailable_generation
+        else:
+            _warn_if_other_build(health)
         self._ready_gen = gen
 
     def _health_ok(self) -> bool:
@@ -247,3 +249,29 @@ def _resolve(session: Session | None) -> Session:
     if not isinstance(session, Session):
         raise TypeError(f"session must be a sandlot.Session or None, got {type(session).__name__}")
     return session
+
+
+def _warn_if_other_build(health: dict[str, Any]) -> None:
+    """Log a warning when the embedded runner that answered is not this package's.
+
+    The embedded runner outlives its client, so after ``pip install -U sandlot``
+    (or with two checkouts sharing one runtime dir) a client can meet a runner
+    built from other code. Compared by the runner's executable
+    (``/proc/<pid>/exe``, ``" (deleted)"`` once a reinstall replaced it) against
+    the binary this client would start; silent when it cannot tell (another
+    user's runner, no /proc).
+    """
+    try:
+        exe = os.readlink(f"/proc/{int(health['pid'])}/exe")
+        mine = os.path.realpath(runner_binary())
+    except (KeyError, TypeError, ValueError, OSError):
+        return
+    if exe != mine:
+        log.warning(
+            "the running sandlot runner (pid %s) is %s, not this sandlot's %s: it was started by another "
+            "installation or before an upgrade; run `sandlot runner stop` (its sandboxes end) and the next "
+            "client starts this one",
+            health.get("pid"),
+            exe,
+            mine,
+        )
