@@ -1,4 +1,5 @@
-"""sandlot quick start: one sandbox, a few commands, files, exit codes.
+"""sandlot quick start: one sandbox, a few commands, files, exit codes; then
+a Python function run remotely in warm sandboxes (remote, map, await).
 
 Run it after installing sandlot (``pip install .``)::
 
@@ -85,6 +86,33 @@ def main() -> None:
         await asyncio.gather(*(b.terminate.aio() for b in boxes))
 
     asyncio.run(concurrently())
+    remote_functions()
+
+
+# A function to run in sandboxes. Defined in __main__, so it is shipped by value.
+@sandlot.function()
+def word_stats(text: str) -> dict:
+    import os
+
+    words = text.split()
+    return {"words": len(words), "longest": max(words, key=len), "hostname": os.uname().nodename}
+
+
+def remote_functions() -> None:
+    ref = word_stats.remote("sandboxes start fast and hold nothing of yours")
+    print("remote    ->", ref.result())  # the first call starts a warm worker sandbox
+    refs = word_stats.map([(f"call number {i} of a map",) for i in range(5)])
+    print("map       ->", [r.result()["words"] for r in refs])
+    print("local     ->", word_stats.local("runs in this process")["hostname"] == __import__("os").uname().nodename)
+    try:
+        word_stats.remote(object()).result()
+    except TypeError as exc:  # refused before anything is sent
+        print("TypeError:", exc)
+
+    async def awaited() -> None:
+        print("await     ->", [r["longest"] for r in await sandlot.gather(*word_stats.map([("a bb ccc",), ("dddd e",)]))])
+
+    asyncio.run(awaited())
 
 
 if __name__ == "__main__":
