@@ -36,6 +36,10 @@
 #define SL_TIMEOUT_MAX 86400.0
 #define SL_ID_LEN 19 /* "sb-" + 16 hex */
 
+/* --snapshot-storage: "auto" becomes erofs where the host can mount an
+ * erofs image file, dir otherwise (resolved in sl_snap_init). */
+enum sl_snap_storage { SL_SNAP_STORAGE_AUTO = 0, SL_SNAP_STORAGE_DIR, SL_SNAP_STORAGE_EROFS };
+
 struct sl_runner;
 struct sl_box;
 struct sl_proc;
@@ -240,6 +244,7 @@ typedef struct sl_runner {
     double started_at;
     int shutting_down;
     size_t max_sandboxes;
+    int snap_storage; /* SL_SNAP_STORAGE_*: how snapshot layers are stored (snapshot.c) */
     double retention; /* seconds an ended sandbox stays listed */
     sl_box *buckets[SL_HASH_BUCKETS];
     sl_box *first, *last;

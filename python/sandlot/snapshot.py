@@ -54,6 +54,10 @@ class SandboxSnapshot:
     Attributes:
         snapshot_id: ``"sn-"`` + 16 hex digits; pass it to :meth:`lookup`.
         kind: ``"filesystem"`` (the only kind the runner makes today).
+        storage: how the runner stores the layer: ``"erofs"`` (one read-only
+            EROFS image file, mounted for restores; the fast capture) or
+            ``"dir"`` (a directory copy: hosts whose kernel cannot mount an
+            erofs image file, or a runner started with ``--snapshot-storage dir``).
         image: the image the sandbox ran; a restore always uses it.
         env, workdir, cmd: what the snapshotted sandbox was created with; a
             restore uses them unless ``Sandbox.create`` is given its own
@@ -75,6 +79,7 @@ class SandboxSnapshot:
     sandbox_id: str | None = None
     created_at: float | None = None
     capture_seconds: float | None = None
+    storage: str = "dir"
     _session: Session | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -83,6 +88,7 @@ class SandboxSnapshot:
         return cls(
             snapshot_id=d["snapshot_id"],
             kind=d.get("kind", "filesystem"),
+            storage=d.get("storage", "dir"),
             image=d.get("image", "host"),
             env=dict(d.get("env") or {}),
             workdir=d.get("workdir"),
