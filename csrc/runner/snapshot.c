@@ -719,6 +719,11 @@ static void on_built(sl_runner *rt, void *arg, int status, const char *err)
 static void start_build(sl_runner *rt, snap_job *j)
 {
     char why[400] = "";
+    if (rt->shutting_down) {
+        snprintf(why, sizeof(why), "the runner is stopping");
+        finish(rt, j, why, 503);
+        return;
+    }
     if (gone(rt, j) != NULL) {
         snprintf(why, sizeof(why), "%s", gone(rt, j));
         finish(rt, j, why, 409);
