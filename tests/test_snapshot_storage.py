@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgpack
 import pytest
 
 import sandlot
@@ -183,7 +184,8 @@ def test_broken_mkfs_erofs_falls_back_to_copies(tmp_path):
 @needs_erofs
 def test_copies_and_images_stack_across_runner_restarts():
     """A copy taken by an older (or erofs-less) runner restores under an erofs
-    runner, and an image taken on top of it stacks on it."""
+    runner, and an image taken on top of it stacks on it. The copy's meta is
+    rewritten without "storage", as runners before that field wrote it."""
     base = fresh_base("stack")
     try:
         with running(base, ["--snapshot-storage", "dir"]) as (r, s):
@@ -191,7 +193,12 @@ def test_copies_and_images_stack_across_runner_restarts():
                 sh(sb, "echo one > /srv/one && echo doomed > /srv/doomed")
                 parent = sb.snapshot()
         assert parent.storage == "dir"
+        meta = base / "state" / "snapshots" / parent.snapshot_id / "meta"
+        m = msgpack.unpackb(meta.read_bytes())
+        del m["storage"]
+        meta.write_bytes(msgpack.packb(m))
         with running(base) as (r, s):
+            assert SandboxSnapshot.lookup(parent.snapshot_id, session=s).storage == "dir"
             with Sandbox.create(snapshot=parent, timeout=60, session=s) as sb:
                 sh(sb, "echo two > /srv/two && rm /srv/doomed")
                 child = sb.snapshot()

@@ -1,8 +1,11 @@
 """Snapshots: a sandbox's filesystem captured so new sandboxes start from it.
 
-``sb.snapshot()`` freezes the sandbox's processes, copies everything written,
-installed or deleted since its image (the overlay's upper layer) into the
-runner's state dir, and thaws them. ``Sandbox.create(snapshot=snap)`` then
+``sb.snapshot()`` captures everything written, installed or deleted since the
+sandbox's image (the overlay's upper layer) into the runner's state dir, as one
+read-only EROFS image file (``storage == "erofs"``), or as a directory copy on
+hosts that cannot mount one (``"dir"``). The sandbox keeps running during the
+bulk of the work and is frozen only briefly, so the layer is its filesystem at
+one instant. ``Sandbox.create(snapshot=snap)`` then
 starts a sandbox whose root is that layer (and its parents' layers) over the
 same image, with a fresh writable layer on top: sandboxes started from one
 snapshot never see each other's writes. Snapshots persist across runner
