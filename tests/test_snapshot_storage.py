@@ -261,3 +261,20 @@ def test_image_mounts_follow_restores_deletes_stops_and_crashes():
         for m in base.glob("state/snapshots/*/mnt"):
             subprocess.run(["umount", "-l", str(m)], check=False, capture_output=True)
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+@needs_erofs
+def test_sparse_tree_is_stored_as_a_copy(runners):
+    """mkfs.erofs would write a sparse file's holes out as zeros; such a tree
+    is stored as a copy, which keeps it sparse."""
+    r, s = runners["erofs"]
+    with Sandbox.create(timeout=60, session=s) as sb:
+        sh(sb, "mkdir -p /srv/db && truncate -s 1G /srv/db/prealloc && echo tail >> /srv/db/prealloc")
+        snap = sb.snapshot()
+    assert snap.storage == "dir"
+    assert f"snapshot {snap.snapshot_id} of" in r.log_tail(50) and "holes in sparse files" in r.log_tail(50)
+    with Sandbox.create(snapshot=snap, timeout=60, session=s) as sb:
+        size, blocks = sh(sb, "stat -c '%s %b' /srv/db/prealloc; tail -c 5 /srv/db/prealloc").split()[:2]
+        assert int(size) == (1 << 30) + 5 and int(blocks) * 512 < 1 << 20
+        assert sh(sb, "tail -c 5 /srv/db/prealloc") == "tail\n"
+    snap.delete()

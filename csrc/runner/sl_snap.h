@@ -45,6 +45,9 @@ void sl_erofs_umount(const char *mnt); /* detach, if mounted */
 /* 1 if root or anything below it has ctime >= *t0, 0 if nothing has, or
  * -errno with a message in err. */
 int sl_snap_changed_since(const char *root, const struct timespec *t0, char *err, size_t errlen);
+/* 1 if root's regular files hold more than limit bytes of holes (mkfs.erofs
+ * would write them out), 0 if not, or -errno with a message in err. */
+int sl_snap_sparse(const char *root, long long limit, char *err, size_t errlen);
 void sl_snap_shutdown(sl_runner *rt); /* detach every snapshot image mount */
 /* mounts.c: the create request's "mounts" {sandbox path: host path} as
  * read-only binds (pointing into *kv). Free both (sl_kv_free, free). */

@@ -20,6 +20,10 @@
  *
  * Mounts: <snap>/mnt, made at first use by a restore, detached at delete and
  * runner stop, and detached at start when a previous runner died with them.
+ *
+ * Sparse files: mkfs.erofs 1.5 writes their holes out as zeros (a 1 GiB
+ * sparse file costs 1 GiB and seconds), while `cp -a` keeps them sparse, so
+ * a tree with many holes is stored as a copy instead (sl_snap_sparse).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -150,17 +154,15 @@ void sl_erofs_umount(const char *mnt)
     }
 }
 
-/* ---- did anything change since t0? ---- */
+/* ---- walks of the upper dir ---- */
 
-static int newer(const struct stat *st, const struct timespec *t0)
-{
-    return st->st_ctim.tv_sec > t0->tv_sec ||
-           (st->st_ctim.tv_sec == t0->tv_sec && st->st_ctim.tv_nsec >= t0->tv_nsec);
-}
+/* Called for every entry below the root (and the root, name "."): 0 to go
+ * on, 1 to stop the walk with that answer, or -errno. */
+typedef int (*visit_fn)(const struct stat *st, const char *name, void *ctx, char *err,
+                        size_t errlen);
 
-/* 1: dirfd's tree has an entry changed at or after t0; 0: none; -errno.
- * Takes ownership of dirfd. */
-static int walk(int dirfd, const struct timespec *t0, int depth, char *err, size_t errlen)
+/* Takes ownership of dirfd. */
+static int walk(int dirfd, visit_fn visit, void *ctx, int depth, char *err, size_t errlen)
 {
     DIR *d = fdopendir(dirfd);
     if (d == NULL) {
@@ -181,15 +183,8 @@ static int walk(int dirfd, const struct timespec *t0, int depth, char *err, size
             snprintf(err, errlen, "stat %.200s: %s", de->d_name, strerror(-rc));
             break;
         }
-        if (newer(&st, t0)) {
-            /* Said in the log: which entry made the capture build again. */
-            snprintf(err, errlen, "%.200s changed %.3f s after the build began", de->d_name,
-                     (double)(st.st_ctim.tv_sec - t0->tv_sec) +
-                         (st.st_ctim.tv_nsec - t0->tv_nsec) / 1e9);
-            rc = 1;
-            break;
-        }
-        if (S_ISDIR(st.st_mode)) {
+        rc = visit(&st, de->d_name, ctx, err, errlen);
+        if (rc == 0 && S_ISDIR(st.st_mode)) {
             if (depth >= 4096) {
                 rc = -ELOOP;
                 snprintf(err, errlen, "tree deeper than 4096 levels");
@@ -201,7 +196,7 @@ static int walk(int dirfd, const struct timespec *t0, int depth, char *err, size
                 snprintf(err, errlen, "open %.200s: %s", de->d_name, strerror(-rc));
                 break;
             }
-            rc = walk(sub, t0, depth + 1, err, errlen);
+            rc = walk(sub, visit, ctx, depth + 1, err, errlen);
         }
         errno = 0;
     }
@@ -213,7 +208,7 @@ static int walk(int dirfd, const struct timespec *t0, int depth, char *err, size
     return rc;
 }
 
-int sl_snap_changed_since(const char *root, const struct timespec *t0, char *err, size_t errlen)
+static int walk_root(const char *root, visit_fn visit, void *ctx, char *err, size_t errlen)
 {
     err[0] = '\0';
     int fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -223,16 +218,56 @@ int sl_snap_changed_since(const char *root, const struct timespec *t0, char *err
         return rc;
     }
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int rc = -errno;
-        close(fd);
+    int rc = fstat(fd, &st) < 0 ? -errno : 0;
+    if (rc < 0)
         snprintf(err, errlen, "stat %.300s: %s", root, strerror(-rc));
+    else
+        rc = visit(&st, ".", ctx, err, errlen);
+    if (rc != 0) {
+        close(fd);
         return rc;
     }
-    if (newer(&st, t0)) {
-        close(fd);
-        snprintf(err, errlen, "the root changed");
-        return 1;
-    }
-    return walk(fd, t0, 0, err, errlen);
+    return walk(fd, visit, ctx, 0, err, errlen);
+}
+
+static int visit_newer(const struct stat *st, const char *name, void *ctx, char *err, size_t errlen)
+{
+    const struct timespec *t0 = ctx;
+    if (st->st_ctim.tv_sec < t0->tv_sec ||
+        (st->st_ctim.tv_sec == t0->tv_sec && st->st_ctim.tv_nsec < t0->tv_nsec))
+        return 0;
+    /* Said in the log: which entry made the capture build again. */
+    snprintf(err, errlen, "%.200s changed %.3f s after the build began", name,
+             (double)(st->st_ctim.tv_sec - t0->tv_sec) + (st->st_ctim.tv_nsec - t0->tv_nsec) / 1e9);
+    return 1;
+}
+
+int sl_snap_changed_since(const char *root, const struct timespec *t0, char *err, size_t errlen)
+{
+    return walk_root(root, visit_newer, (void *)t0, err, errlen);
+}
+
+typedef struct holes_ctx {
+    long long limit, holes;
+} holes_ctx;
+
+static int visit_holes(const struct stat *st, const char *name, void *ctx, char *err, size_t errlen)
+{
+    holes_ctx *h = ctx;
+    if (!S_ISREG(st->st_mode))
+        return 0;
+    long long hole = (long long)st->st_size - (long long)st->st_blocks * 512;
+    if (hole > 0)
+        h->holes += hole;
+    if (h->holes <= h->limit)
+        return 0;
+    snprintf(err, errlen, "more than %lld MiB of holes in sparse files (%.200s)", h->limit >> 20,
+             name);
+    return 1;
+}
+
+int sl_snap_sparse(const char *root, long long limit, char *err, size_t errlen)
+{
+    holes_ctx h = {limit, 0};
+    return walk_root(root, visit_holes, &h, err, errlen);
 }

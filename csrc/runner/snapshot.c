@@ -40,6 +40,10 @@
 #include "sl_snap.h"
 
 #define FREEZE_TIMEOUT 5.0
+/* Holes in sparse files above which a capture is stored as a copy (mkfs.erofs
+ * would write them out as zeros; snap_erofs.c). */
+#define SPARSE_MAX ((long long)64 << 20)
+#define EXIT_SPARSE 4 /* do_build: too sparse for an image */
 #define META_MAX ((size_t)1 << 20)
 #define SNAP_ID_LEN 19 /* "sn-" + 16 hex */
 
@@ -616,6 +620,62 @@ static int start_child(sl_runner *rt, snap_job *j, child_fn fn, sl_job_done_fn d
     return 0;
 }
 
+/* Unfrozen build: the sparse check, then mkfs.erofs in its place. */
+static int do_build(snap_job *j, char *msg, size_t msglen)
+{
+    /* A failed walk (the tree changing under it) is left to mkfs.erofs,
+     * whose failure leads to the frozen rebuild. */
+    if (sl_snap_sparse(j->upper, SPARSE_MAX, msg, msglen) > 0)
+        return EXIT_SPARSE;
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0) {
+        snprintf(msg, msglen, "/dev/null: %s", strerror(errno));
+        return 1;
+    }
+    /* What posix_spawn gives the other jobs (sl_spawnattr_init). */
+    sigset_t none;
+    sigemptyset(&none);
+    signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    char *argv[SL_EROFS_ARGV];
+    sl_erofs_mkfs_argv(argv, j->layer, j->upper);
+    execvp(argv[0], argv);
+    snprintf(msg, msglen, "exec mkfs.erofs: %s", strerror(errno));
+    return 1;
+}
+
+static void on_pass1(sl_runner *rt, void *arg, int status, const char *err);
+
+/* The tree is too sparse for an image: take the copy path instead. t0 was
+ * read before the sparse check, as the copy path needs. */
+static void copy_instead(sl_runner *rt, snap_job *j, const char *why_copy)
+{
+    char why[400] = "";
+    char *layer = sl_path_join(j->tmp, "layer"), *mnt = sl_path_join(j->tmp, "mnt");
+    char *storage = strdup("dir");
+    if (layer == NULL || mnt == NULL || storage == NULL) {
+        free(layer);
+        free(mnt);
+        free(storage);
+        snprintf(why, sizeof(why), "out of memory");
+        finish(rt, j, why, 500);
+        return;
+    }
+    if (rmdir(mnt) < 0)
+        sl_debug("rmdir %s: %s", mnt, strerror(errno));
+    free(mnt);
+    free(j->layer);
+    j->layer = layer;
+    free(j->meta.storage);
+    j->meta.storage = storage;
+    sl_info("snapshot %s of %s: %s; storing a copy", j->id, j->box_id, why_copy);
+    char *cp[] = {"cp", "-a", "--reflink=auto", "--", j->upper, j->layer, NULL};
+    if (sl_job_run(rt, cp, on_pass1, j) < 0) {
+        snprintf(why, sizeof(why), "cannot start cp: %s", strerror(errno));
+        finish(rt, j, why, 500);
+    }
+}
+
 /* Build the image again while the sandbox stays frozen. */
 static void rebuild_frozen(sl_runner *rt, snap_job *j, const char *why_again)
 {
@@ -703,6 +763,11 @@ static void on_pass1(sl_runner *rt, void *arg, int status, const char *err)
 static void on_built(sl_runner *rt, void *arg, int status, const char *err)
 {
     snap_job *j = arg;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_SPARSE && !rt->shutting_down &&
+        gone(rt, j) == NULL) {
+        copy_instead(rt, j, err ? err : "sparse files");
+        return;
+    }
     if (freeze_after_pass1(rt, j, status) < 0)
         return;
     if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
@@ -730,10 +795,9 @@ static void start_build(sl_runner *rt, snap_job *j)
         return;
     }
     clock_gettime(CLOCK_REALTIME_COARSE, &j->wall_t0);
-    char *mkfs[SL_EROFS_ARGV];
-    sl_erofs_mkfs_argv(mkfs, j->layer, j->upper);
-    if (sl_job_run(rt, mkfs, on_built, j) < 0) {
-        snprintf(why, sizeof(why), "cannot start mkfs.erofs: %s", strerror(errno));
+    int rc = start_child(rt, j, do_build, on_built);
+    if (rc < 0) {
+        snprintf(why, sizeof(why), "cannot start mkfs.erofs: %s", strerror(-rc));
         finish(rt, j, why, 500);
     }
 }

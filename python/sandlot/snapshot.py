@@ -60,7 +60,8 @@ class SandboxSnapshot:
         storage: how the runner stores the layer: ``"erofs"`` (one read-only
             EROFS image file, mounted for restores; the fast capture) or
             ``"dir"`` (a directory copy: hosts whose kernel cannot mount an
-            erofs image file, or a runner started with ``--snapshot-storage dir``).
+            erofs image file, a runner started with ``--snapshot-storage dir``,
+            or a tree whose sparse files hold more than 64 MiB of holes).
         image: the image the sandbox ran; a restore always uses it.
         env, workdir, cmd: what the snapshotted sandbox was created with; a
             restore uses them unless ``Sandbox.create`` is given its own
