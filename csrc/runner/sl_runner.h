@@ -371,6 +371,8 @@ void sl_store_shutdown(sl_runner *rt);
 int sl_spawnattr_init(posix_spawnattr_t *attr, short extra_flags);
 /* Run argv in a child; done(rt, arg, wait_status, stderr_text) when it exits. */
 int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg);
+/* Read j->err_fd (a pipe from the child's stderr) into j->err as it comes. */
+void sl_job_watch_err(sl_runner *rt, sl_job *j);
 /* Remove path (sl_rm_rf) in a child so a large tree never stalls the loop. */
 int sl_job_rm(sl_runner *rt, const char *path);
 int sl_jobs_reaped(sl_runner *rt, pid_t pid, int status); /* 1 if pid was a job */

@@ -612,7 +612,8 @@ static int start_child(sl_runner *rt, snap_job *j, child_fn fn, sl_job_done_fn d
     }
     close(p[1]);
     job->pid = pid;
-    job->err_fd = p[0]; /* read by jobs.c once the child is gone */
+    job->err_fd = p[0];
+    sl_job_watch_err(rt, job); /* mkfs.erofs may say a lot */
     job->done = done;
     job->arg = j;
     job->next = rt->jobs;
