@@ -54,14 +54,15 @@ class Runner:
             return "(no log)"
 
 
-def start_runner(base: Path, extra: list[str] | None = None) -> Runner:
-    """Start sandlotd in the foreground with everything under ``base``."""
+def start_runner(base: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Runner:
+    """Start sandlotd in the foreground with everything under ``base``
+    (``env``: variables set for the runner on top of the tests' own)."""
     sock = base / "sandlotd.sock"
     state = base / "state"
     log_file = base / "sandlotd.log"
     cmd = [runner_binary(), "--socket", str(sock), "--state-dir", str(state), "--log-file", str(log_file)]
     cmd += extra or []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")} | (env or {})
     # stderr (where sanitizer reports go) is appended to the same log file.
     with open(log_file, "ab") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)

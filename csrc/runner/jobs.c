@@ -99,19 +99,27 @@ int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg
         return -1;
     }
     j->err_fd = p[0];
-    int fl = fcntl(p[0], F_GETFL);
-    if (fl < 0 || fcntl(p[0], F_SETFL, fl | O_NONBLOCK) < 0 ||
-        (j->err_ev = event_new(rt->base, p[0], EV_READ | EV_PERSIST, on_err_readable, j)) == NULL ||
+    sl_job_watch_err(rt, j);
+    add_job(rt, j);
+    return 0;
+}
+
+void sl_job_watch_err(sl_runner *rt, sl_job *j)
+{
+    /* Drained as it comes, so a child that writes a lot to stderr never
+     * blocks on a full pipe. */
+    int fl = fcntl(j->err_fd, F_GETFL);
+    if (fl < 0 || fcntl(j->err_fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+        (j->err_ev = event_new(rt->base, j->err_fd, EV_READ | EV_PERSIST, on_err_readable, j)) ==
+            NULL ||
         event_add(j->err_ev, NULL) != 0) {
-        /* Not fatal: we only lose cp's error text. */
+        /* Not fatal: we only lose the child's error text. */
         if (j->err_ev != NULL)
             event_free(j->err_ev);
         j->err_ev = NULL;
-        close(p[0]);
+        close(j->err_fd);
         j->err_fd = -1;
     }
-    add_job(rt, j);
-    return 0;
 }
 
 int sl_job_rm(sl_runner *rt, const char *path)

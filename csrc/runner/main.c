@@ -35,6 +35,7 @@ typedef struct opts {
     enum sl_log_level level;
     size_t max_sandboxes;
     double retention;
+    int snap_storage;
     int daemon;
 } opts;
 
@@ -44,6 +45,7 @@ static void usage(FILE *f)
                "                [--listen HOST:PORT] [--token-file FILE] [--log-file FILE]\n"
                "                [--log-level debug|info|warn|error] [--pidfile FILE]\n"
                "                [--max-sandboxes N] [--retention SECONDS] [--daemon]\n"
+               "                [--snapshot-storage auto|erofs|dir]\n"
                "       sandlotd --version\n");
 }
 
@@ -92,6 +94,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"pidfile", required_argument, NULL, 'p'},
         {"max-sandboxes", required_argument, NULL, 'm'},
         {"retention", required_argument, NULL, 'r'},
+        {"snapshot-storage", required_argument, NULL, 'S'},
         {"daemon", no_argument, NULL, 'D'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -151,6 +154,18 @@ static int parse_args(int argc, char **argv, opts *o)
             o->retention = v;
             break;
         }
+        case 'S':
+            if (strcmp(optarg, "auto") == 0) {
+                o->snap_storage = SL_SNAP_STORAGE_AUTO;
+            } else if (strcmp(optarg, "erofs") == 0) {
+                o->snap_storage = SL_SNAP_STORAGE_EROFS;
+            } else if (strcmp(optarg, "dir") == 0) {
+                o->snap_storage = SL_SNAP_STORAGE_DIR;
+            } else {
+                fprintf(stderr, "sandlotd: --snapshot-storage must be auto, erofs or dir\n");
+                return -1;
+            }
+            break;
         case 'D':
             o->daemon = 1;
             break;
@@ -388,6 +403,7 @@ int main(int argc, char **argv)
     rt->lock_fd = -1;
     rt->max_sandboxes = o.max_sandboxes;
     rt->retention = o.retention;
+    rt->snap_storage = o.snap_storage;
     int rc = sl_log_open(o.log_file, o.level);
     if (rc < 0) {
         fprintf(stderr, "sandlotd: cannot open log file %s: %s\n", o.log_file, strerror(-rc));

@@ -36,6 +36,10 @@
 #define SL_TIMEOUT_MAX 86400.0
 #define SL_ID_LEN 19 /* "sb-" + 16 hex */
 
+/* --snapshot-storage: "auto" becomes erofs where the host can mount an
+ * erofs image file, dir otherwise (resolved in sl_snap_init). */
+enum sl_snap_storage { SL_SNAP_STORAGE_AUTO = 0, SL_SNAP_STORAGE_DIR, SL_SNAP_STORAGE_EROFS };
+
 struct sl_runner;
 struct sl_box;
 struct sl_proc;
@@ -240,6 +244,7 @@ typedef struct sl_runner {
     double started_at;
     int shutting_down;
     size_t max_sandboxes;
+    int snap_storage; /* SL_SNAP_STORAGE_*: how snapshot layers are stored (snapshot.c) */
     double retention; /* seconds an ended sandbox stays listed */
     sl_box *buckets[SL_HASH_BUCKETS];
     sl_box *first, *last;
@@ -366,6 +371,8 @@ void sl_store_shutdown(sl_runner *rt);
 int sl_spawnattr_init(posix_spawnattr_t *attr, short extra_flags);
 /* Run argv in a child; done(rt, arg, wait_status, stderr_text) when it exits. */
 int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg);
+/* Read j->err_fd (a pipe from the child's stderr) into j->err as it comes. */
+void sl_job_watch_err(sl_runner *rt, sl_job *j);
 /* Remove path (sl_rm_rf) in a child so a large tree never stalls the loop. */
 int sl_job_rm(sl_runner *rt, const char *path);
 int sl_jobs_reaped(sl_runner *rt, pid_t pid, int status); /* 1 if pid was a job */

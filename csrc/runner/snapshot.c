@@ -1,16 +1,28 @@
 /* snapshot.c - capture, persist, list, delete and restore filesystem
  * snapshots of sandboxes (layout in sl_snap.h).
  *
- * Capture, in two passes so the sandbox is frozen only briefly:
- *  1. `cp -a` the sandbox's overlay upper dir while it keeps running (the
- *     bulk of the data; whiteouts, opaque dirs and every xattr come along
- *     because the runner is root);
+ * Two storages, chosen per runner at start (sl_snap_init) and recorded per
+ * snapshot ("storage" in meta):
+ *
+ * "erofs" (where the kernel mounts an erofs image file; snap_erofs.c):
+ *  1. `mkfs.erofs` the sandbox's overlay upper dir into one image file while
+ *     the sandbox keeps running;
+ *  2. freeze its cgroup and check that no entry changed since pass 1 began
+ *     (ctime walk); if one did, build the image again while frozen; thaw.
+ *  A restore mounts the image (once per runner, lazily) as a lower layer.
+ *
+ * "dir" (fallback), in two passes so the sandbox is frozen only briefly:
+ *  1. `cp -a` the upper dir while the sandbox keeps running (the bulk of
+ *     the data; whiteouts, opaque dirs and every xattr come along because
+ *     the runner is root);
  *  2. freeze its cgroup, make the copy equal to the upper dir again by
  *     recopying only what changed since pass 1 began (snap_sync.c), thaw.
- * The result is the upper dir as it was at one instant, inside the frozen
- * window. Both passes run in child processes (jobs.c), so the event loop
- * serves every other sandbox meanwhile. The request is answered when the
- * snapshot is complete and on disk; capture_seconds is the frozen window.
+ *
+ * Either way the result is the upper dir as it was at one instant, inside
+ * the frozen window. Every pass runs in a child process (jobs.c), so the
+ * event loop serves every other sandbox meanwhile. The request is answered
+ * when the snapshot is complete and on disk; capture_seconds is the frozen
+ * window.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -28,6 +40,10 @@
 #include "sl_snap.h"
 
 #define FREEZE_TIMEOUT 5.0
+/* Holes in sparse files above which a capture is stored as a copy (mkfs.erofs
+ * would write them out as zeros; snap_erofs.c). */
+#define SPARSE_MAX ((long long)64 << 20)
+#define EXIT_SPARSE 4 /* do_build: too sparse for an image */
 #define META_MAX ((size_t)1 << 20)
 #define SNAP_ID_LEN 19 /* "sn-" + 16 hex */
 
@@ -38,7 +54,8 @@ typedef struct snap_meta {
     char *image;
     char *workdir;
     char *parent;
-    char *label; /* caller's tag (the image builder's cache key), or NULL */
+    char *label;   /* caller's tag (the image builder's cache key), or NULL */
+    char *storage; /* "erofs" (layer.erofs) or "dir" (layer/); "dir" if absent */
     char **cmd;
     size_t ncmd;
     sl_kv *env;
@@ -55,10 +72,11 @@ typedef struct snap_job {
     char *tmp;               /* <snapdir>/.tmp-<id> */
     char *final;             /* <snapdir>/<id> */
     char *upper;             /* the sandbox's upper dir */
-    char *layer;             /* <tmp>/layer */
+    char *layer;             /* <tmp>/layer or <tmp>/layer.erofs */
     struct timespec wall_t0; /* entries with ctime >= this are recopied while frozen */
     double t_start;          /* request arrived (monotonic) */
     double t_freeze;         /* freeze started (monotonic) */
+    struct event *settle;    /* erofs: the short wait before t0 (start_build) */
     struct snap_job *next;   /* captures in flight */
     sl_hold *hold;
     snap_meta meta;
@@ -73,6 +91,7 @@ static void meta_free(snap_meta *m)
     free(m->workdir);
     free(m->parent);
     free(m->label);
+    free(m->storage);
     sl_strv_free(m->cmd, m->ncmd);
     sl_kv_free(m->env, m->nenv, 0);
     memset(m, 0, sizeof(*m));
@@ -105,6 +124,36 @@ static int id_valid(const char *id)
     return 1;
 }
 
+/* Resolve rt->snap_storage: erofs where this host can build and mount an
+ * image file (asked for or auto), the copy path otherwise. */
+static int pick_storage(sl_runner *rt, const char *dir)
+{
+    if (rt->snap_storage == SL_SNAP_STORAGE_DIR) {
+        sl_info("snapshots: stored as directory copies (--snapshot-storage dir)");
+        return 0;
+    }
+    char rnd[17], *scratch = NULL, why[300] = "";
+    /* A .tmp- name: swept at the next start if this runner dies here. */
+    if (sl_random_hex(rnd, 16) < 0 || asprintf(&scratch, "%s/.tmp-probe-%s", dir, rnd) < 0) {
+        sl_error("out of memory");
+        return -1;
+    }
+    int ok = sl_erofs_probe(scratch, why, sizeof(why));
+    free(scratch);
+    if (ok) {
+        rt->snap_storage = SL_SNAP_STORAGE_EROFS;
+        sl_info("snapshots: stored as erofs images");
+        return 0;
+    }
+    if (rt->snap_storage == SL_SNAP_STORAGE_EROFS) {
+        sl_error("--snapshot-storage erofs: not usable on this host: %s", why);
+        return -1;
+    }
+    rt->snap_storage = SL_SNAP_STORAGE_DIR;
+    sl_warn("snapshots: stored as directory copies (slower capture): erofs unusable: %s", why);
+    return 0;
+}
+
 int sl_snap_init(sl_runner *rt)
 {
     char *dir = snap_dir(rt);
@@ -115,11 +164,19 @@ int sl_snap_init(sl_runner *rt)
         free(dir);
         return -1;
     }
-    /* Captures that were in flight when a previous runner died. */
+    /* Captures that were in flight when a previous runner died, and image
+     * mounts it left (a restore mounts them again when needed). */
     DIR *d = opendir(dir);
     if (d != NULL) {
         struct dirent *de;
         while ((de = readdir(d)) != NULL) {
+            if (id_valid(de->d_name)) {
+                char *mnt = snap_path(rt, de->d_name, "mnt");
+                if (mnt != NULL)
+                    sl_erofs_umount(mnt);
+                free(mnt);
+                continue;
+            }
             if (strncmp(de->d_name, ".tmp-", 5) != 0 && strncmp(de->d_name, ".trash-", 7) != 0)
                 continue;
             char *p = sl_path_join(dir, de->d_name);
@@ -133,17 +190,36 @@ int sl_snap_init(sl_runner *rt)
         }
         closedir(d);
     }
+    int rc = pick_storage(rt, dir);
     free(dir);
-    return 0;
+    return rc;
+}
+
+void sl_snap_shutdown(sl_runner *rt)
+{
+    char *dir = snap_dir(rt);
+    DIR *d = dir != NULL ? opendir(dir) : NULL;
+    free(dir);
+    if (d == NULL)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char *mnt = id_valid(de->d_name) ? snap_path(rt, de->d_name, "mnt") : NULL;
+        if (mnt != NULL)
+            sl_erofs_umount(mnt);
+        free(mnt);
+    }
+    closedir(d);
 }
 
 /* ---- meta file ---- */
 
 static void pack_meta(sl_resp *r, const snap_meta *m)
 {
-    sl_r_map(r, 11);
+    sl_r_map(r, 12);
     sl_r_kstr(r, "snapshot_id", m->id);
     sl_r_kstr(r, "kind", m->kind);
+    sl_r_kstr(r, "storage", m->storage);
     sl_r_kstr(r, "sandbox_id", m->sandbox_id);
     sl_r_kstr(r, "image", m->image);
     sl_r_kstr(r, "workdir", m->workdir);
@@ -233,6 +309,7 @@ static int read_meta(sl_runner *rt, const char *id, snap_meta *m, sl_err *e)
             sl_msg_str(o, "workdir", 0, &m->workdir, e) < 0 ||
             sl_msg_str(o, "parent", 0, &m->parent, e) < 0 ||
             sl_msg_str(o, "label", 0, &m->label, e) < 0 ||
+            sl_msg_str(o, "storage", 0, &m->storage, e) < 0 ||
             (cmd != NULL && cmd->type == MSGPACK_OBJECT_ARRAY &&
              sl_msg_strv(o, "cmd", 0, &m->cmd, &m->ncmd, e) < 0) ||
             sl_msg_kvmap(o, "env", &m->env, &m->nenv, e) < 0 ||
@@ -245,6 +322,11 @@ static int read_meta(sl_runner *rt, const char *id, snap_meta *m, sl_err *e)
     }
     msgpack_unpacked_destroy(&up);
     free(buf);
+    /* Snapshots from before erofs storage are copies. */
+    if (rc == 0 && m->storage == NULL && (m->storage = strdup("dir")) == NULL)
+        rc = sl_err_set(e, 500, "out of memory");
+    if (rc == 0 && strcmp(m->storage, "dir") != 0 && strcmp(m->storage, "erofs") != 0)
+        rc = sl_err_set(e, 500, "snapshot %s: unknown storage '%.32s'", id, m->storage);
     if (rc < 0)
         meta_free(m);
     return rc;
@@ -278,10 +360,23 @@ int sl_snap_layers(sl_runner *rt, const char *id, char ***layers, size_t *n, sl_
             rc = -1;
             break;
         }
-        if ((v[k] = snap_path(rt, cur, "layer")) == NULL) {
+        int erofs = strcmp(m.storage, "erofs") == 0;
+        if ((v[k] = snap_path(rt, cur, erofs ? "mnt" : "layer")) == NULL) {
             meta_free(&m);
             rc = sl_err_set(e, 500, "out of memory");
             break;
+        }
+        if (erofs) {
+            /* Mounted at the first restore after the runner started; stays
+             * mounted for later ones until delete or stop. */
+            char *img = snap_path(rt, cur, "layer.erofs");
+            rc = img == NULL ? sl_err_set(e, 500, "out of memory") : sl_erofs_mount(img, v[k], e);
+            free(img);
+            if (rc < 0) {
+                k++;
+                meta_free(&m);
+                break;
+            }
         }
         k++;
         free(cur);
@@ -376,6 +471,8 @@ static void job_free(snap_job *j)
             break;
         }
     }
+    if (j->settle != NULL)
+        event_free(j->settle);
     meta_free(&j->meta);
     free(j->tmp);
     free(j->final);
@@ -423,16 +520,16 @@ static const char *gone(sl_runner *rt, const snap_job *j)
                                                : NULL;
 }
 
-/* Second pass done (the sandbox was frozen throughout): thaw, persist. */
-static void on_pass2(sl_runner *rt, void *arg, int status, const char *err)
+/* The last frozen step ended (status as from waitpid): thaw, then persist
+ * the snapshot if that step succeeded and the sandbox is still there. */
+static void complete(sl_runner *rt, snap_job *j, const char *what, int status, const char *err)
 {
-    snap_job *j = arg;
     char why[400] = "";
     int code = 500;
     thaw(rt, j->box_id);
     j->meta.capture_seconds = sl_mono() - j->t_freeze;
     if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-        snprintf(why, sizeof(why), "frozen copy %s %d: %.300s",
+        snprintf(why, sizeof(why), "%s %s %d: %.300s", what,
                  WIFSIGNALED(status) ? "killed by signal" : "exited with status",
                  WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), err ? err : "");
     } else if (gone(rt, j) != NULL) {
@@ -450,9 +547,36 @@ static void on_pass2(sl_runner *rt, void *arg, int status, const char *err)
     finish(rt, j, why, code);
 }
 
-/* Run sl_snap_sync(upper, layer) in a forked child registered as a job, so
- * SIGCHLD handling (jobs.c) reports its end like any other job's. */
-static int start_pass2(sl_runner *rt, snap_job *j)
+/* Second pass of the copy path done (frozen throughout). */
+static void on_pass2(sl_runner *rt, void *arg, int status, const char *err)
+{
+    complete(rt, arg, "frozen copy", status, err);
+}
+
+/* Frozen rebuild of the image done. */
+static void on_rebuilt(sl_runner *rt, void *arg, int status, const char *err)
+{
+    complete(rt, arg, "frozen mkfs.erofs", status, err);
+}
+
+/* What a forked child does; its return value is the exit status. */
+typedef int (*child_fn)(snap_job *j, char *msg, size_t msglen);
+
+static int do_sync(snap_job *j, char *msg, size_t msglen)
+{
+    return sl_snap_sync(j->upper, j->layer, &j->wall_t0, msg, msglen) < 0 ? 1 : 0;
+}
+
+/* 0: nothing changed since t0 (the image is exact); 3: something did; 1: error. */
+static int do_check(snap_job *j, char *msg, size_t msglen)
+{
+    int rc = sl_snap_changed_since(j->upper, &j->wall_t0, msg, msglen);
+    return rc < 0 ? 1 : rc > 0 ? 3 : 0;
+}
+
+/* Run fn in a forked child registered as a job, so SIGCHLD handling
+ * (jobs.c) reports its end like any other job's. */
+static int start_child(sl_runner *rt, snap_job *j, child_fn fn, sl_job_done_fn done)
 {
     sl_job *job = calloc(1, sizeof(*job));
     int p[2];
@@ -473,48 +597,131 @@ static int start_pass2(sl_runner *rt, snap_job *j)
     }
     if (pid == 0) {
         /* The runner is single-threaded, so the heap is usable here. */
-        char msg[512];
+        char msg[512] = "";
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         if (dup2(p[1], 2) < 0)
             _exit(2);
         close_range(3, ~0U, 0);
-        if (sl_snap_sync(j->upper, j->layer, &j->wall_t0, msg, sizeof(msg)) < 0) {
+        int code = fn(j, msg, sizeof(msg));
+        if (code != 0) {
             ssize_t n = write(2, msg, strlen(msg));
             (void)n;
-            _exit(1);
         }
-        _exit(0);
+        _exit(code);
     }
     close(p[1]);
     job->pid = pid;
-    job->err_fd = p[0]; /* read by jobs.c once the child is gone */
-    job->done = on_pass2;
+    job->err_fd = p[0];
+    sl_job_watch_err(rt, job); /* mkfs.erofs may say a lot */
+    job->done = done;
     job->arg = j;
     job->next = rt->jobs;
     rt->jobs = job;
     return 0;
 }
 
-/* First pass (sandbox running) done: freeze, then fix up what changed. */
-static void on_pass1(sl_runner *rt, void *arg, int status, const char *err)
+/* Unfrozen build: the sparse check, then mkfs.erofs in its place. */
+static int do_build(snap_job *j, char *msg, size_t msglen)
+{
+    /* A failed walk (the tree changing under it) is left to mkfs.erofs,
+     * whose failure leads to the frozen rebuild. */
+    if (sl_snap_sparse(j->upper, SPARSE_MAX, msg, msglen) > 0)
+        return EXIT_SPARSE;
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0) {
+        snprintf(msg, msglen, "/dev/null: %s", strerror(errno));
+        return 1;
+    }
+    /* What posix_spawn gives the other jobs (sl_spawnattr_init). */
+    sigset_t none;
+    sigemptyset(&none);
+    signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    char *argv[SL_EROFS_ARGV];
+    sl_erofs_mkfs_argv(argv, j->layer, j->upper);
+    execvp(argv[0], argv);
+    snprintf(msg, msglen, "exec mkfs.erofs: %s", strerror(errno));
+    return 1;
+}
+
+static void on_pass1(sl_runner *rt, void *arg, int status, const char *err);
+
+/* The tree is too sparse for an image: take the copy path instead. t0 was
+ * read before the sparse check, as the copy path needs. */
+static void copy_instead(sl_runner *rt, snap_job *j, const char *why_copy)
+{
+    char why[400] = "";
+    char *layer = sl_path_join(j->tmp, "layer"), *mnt = sl_path_join(j->tmp, "mnt");
+    char *storage = strdup("dir");
+    if (layer == NULL || mnt == NULL || storage == NULL) {
+        free(layer);
+        free(mnt);
+        free(storage);
+        snprintf(why, sizeof(why), "out of memory");
+        finish(rt, j, why, 500);
+        return;
+    }
+    if (rmdir(mnt) < 0)
+        sl_debug("rmdir %s: %s", mnt, strerror(errno));
+    free(mnt);
+    free(j->layer);
+    j->layer = layer;
+    free(j->meta.storage);
+    j->meta.storage = storage;
+    sl_info("snapshot %s of %s: %s; storing a copy", j->id, j->box_id, why_copy);
+    char *cp[] = {"cp", "-a", "--reflink=auto", "--", j->upper, j->layer, NULL};
+    if (sl_job_run(rt, cp, on_pass1, j) < 0) {
+        snprintf(why, sizeof(why), "cannot start cp: %s", strerror(errno));
+        finish(rt, j, why, 500);
+    }
+}
+
+/* Build the image again while the sandbox stays frozen. */
+static void rebuild_frozen(sl_runner *rt, snap_job *j, const char *why_again)
+{
+    char why[400] = "";
+    if (unlink(j->layer) < 0 && errno != ENOENT) {
+        snprintf(why, sizeof(why), "unlink %s: %s", j->layer, strerror(errno));
+    } else {
+        char *argv[SL_EROFS_ARGV];
+        sl_erofs_mkfs_argv(argv, j->layer, j->upper);
+        if (sl_job_run(rt, argv, on_rebuilt, j) == 0) {
+            sl_info("snapshot %s: %s changed during the build (%s); building again while frozen",
+                    j->id, j->box_id, why_again);
+            return;
+        }
+        snprintf(why, sizeof(why), "cannot start mkfs.erofs: %s", strerror(errno));
+    }
+    thaw(rt, j->box_id);
+    finish(rt, j, why, 500);
+}
+
+/* Frozen check of an erofs capture done. */
+static void on_checked(sl_runner *rt, void *arg, int status, const char *err)
 {
     snap_job *j = arg;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 3 && !rt->shutting_down) {
+        rebuild_frozen(rt, j, err ? err : "");
+        return;
+    }
+    complete(rt, j, "frozen check", status, err);
+}
+
+/* Pass 1 (sandbox running) ended: freeze it. 0, or -1 after finishing j. */
+static int freeze_after_pass1(sl_runner *rt, snap_job *j, int status)
+{
     char why[400] = "";
     if (WIFSIGNALED(status) || rt->shutting_down) {
         snprintf(why, sizeof(why), "copy interrupted");
         finish(rt, j, why, 500);
-        return;
+        return -1;
     }
     if (gone(rt, j) != NULL) {
         snprintf(why, sizeof(why), "%s", gone(rt, j));
         finish(rt, j, why, 409);
-        return;
+        return -1;
     }
-    /* cp fails on files that vanish under it while the sandbox runs; the
-     * frozen pass copies or removes exactly those, so that is no error. */
-    if (WEXITSTATUS(status) != 0)
-        sl_debug("snapshot %s: first pass: %s", j->id, err ? err : "");
     sl_box *b = sl_reg_find(rt, j->box_id);
     j->t_freeze = sl_mono();
     int rc = sl_cgroup_freeze(&b->sbx.cg, 1, FREEZE_TIMEOUT);
@@ -524,21 +731,112 @@ static void on_pass1(sl_runner *rt, void *arg, int status, const char *err)
         snprintf(why, sizeof(why), "cannot freeze the sandbox for a consistent copy: %s",
                  rc == -ENOTSUP ? "no cgroup freezer on this host" : strerror(-rc));
         finish(rt, j, why, 500);
-        return;
+        return -1;
     }
-    rc = start_pass2(rt, j);
+    return 0;
+}
+
+static void start_frozen(sl_runner *rt, snap_job *j, child_fn fn, sl_job_done_fn done)
+{
+    int rc = start_child(rt, j, fn, done);
     if (rc < 0) {
+        char why[400];
         thaw(rt, j->box_id);
-        snprintf(why, sizeof(why), "cannot start the frozen copy: %s", strerror(-rc));
+        snprintf(why, sizeof(why), "cannot start the frozen pass: %s", strerror(-rc));
         finish(rt, j, why, 500);
     }
+}
+
+/* Copy path: first pass (sandbox running) done: freeze, fix up what changed. */
+static void on_pass1(sl_runner *rt, void *arg, int status, const char *err)
+{
+    snap_job *j = arg;
+    /* cp fails on files that vanish under it while the sandbox runs; the
+     * frozen pass copies or removes exactly those, so that is no error. */
+    if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
+        sl_debug("snapshot %s: first pass: %s", j->id, err ? err : "");
+    if (freeze_after_pass1(rt, j, status) == 0)
+        start_frozen(rt, j, do_sync, on_pass2);
+}
+
+/* Erofs path: image built while the sandbox ran: freeze, then keep it if
+ * nothing changed meanwhile. */
+static void on_built(sl_runner *rt, void *arg, int status, const char *err)
+{
+    snap_job *j = arg;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_SPARSE && !rt->shutting_down &&
+        gone(rt, j) == NULL) {
+        copy_instead(rt, j, err ? err : "sparse files");
+        return;
+    }
+    if (freeze_after_pass1(rt, j, status) < 0)
+        return;
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+        /* mkfs.erofs stops at a file that vanished under it: the tree was
+         * changing, so build it again from the frozen tree. */
+        sl_debug("snapshot %s: mkfs.erofs while running: %s", j->id, err ? err : "");
+        rebuild_frozen(rt, j, "mkfs.erofs failed");
+        return;
+    }
+    start_frozen(rt, j, do_check, on_checked);
+}
+
+/* Erofs path: take t0 and build the image while the sandbox runs. */
+static void start_build(sl_runner *rt, snap_job *j)
+{
+    char why[400] = "";
+    if (rt->shutting_down) {
+        snprintf(why, sizeof(why), "the runner is stopping");
+        finish(rt, j, why, 503);
+        return;
+    }
+    if (gone(rt, j) != NULL) {
+        snprintf(why, sizeof(why), "%s", gone(rt, j));
+        finish(rt, j, why, 409);
+        return;
+    }
+    clock_gettime(CLOCK_REALTIME_COARSE, &j->wall_t0);
+    int rc = start_child(rt, j, do_build, on_built);
+    if (rc < 0) {
+        snprintf(why, sizeof(why), "cannot start mkfs.erofs: %s", strerror(-rc));
+        finish(rt, j, why, 500);
+    }
+}
+
+static void on_settled(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    snap_job *j = arg;
+    event_free(j->settle);
+    j->settle = NULL;
+    start_build(j->rt, j);
+}
+
+/* How long the erofs path waits between the request and t0. Inode times
+ * here are multigrain (kernel 6.13+): a change gets a fine-grained ctime up
+ * to one tick ahead of CLOCK_REALTIME_COARSE, which t0 must be read from
+ * (a later change may still get a coarse stamp). So a sandbox that stopped
+ * writing just before the request, as one does after its setup, would look
+ * changed and be rebuilt while frozen; changes older than a tick and a bit
+ * compare below t0. Two ticks plus 2 ms: 10 ms at HZ=250. */
+static struct timeval settle_delay(void)
+{
+    struct timespec res;
+    long us = 10000;
+    if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0)
+        us = 2 * (res.tv_nsec / 1000) + 2000;
+    struct timeval tv = {us / 1000000, us % 1000000};
+    return tv;
 }
 
 static int fill_meta(snap_job *j, const sl_box *b, sl_err *e)
 {
     snap_meta *m = &j->meta;
     m->created_at = sl_now();
+    int erofs = j->rt->snap_storage == SL_SNAP_STORAGE_EROFS;
     if ((m->id = strdup(j->id)) == NULL || (m->kind = strdup("filesystem")) == NULL ||
+        (m->storage = strdup(erofs ? "erofs" : "dir")) == NULL ||
         (m->sandbox_id = strdup(b->id)) == NULL || (m->image = strdup(b->image)) == NULL ||
         (b->workdir != NULL && (m->workdir = strdup(b->workdir)) == NULL) ||
         (b->snapshot != NULL && (m->parent = strdup(b->snapshot)) == NULL) ||
@@ -585,6 +883,7 @@ void sl_h_snapshot(sl_req *r)
         return;
     }
     j->rt = rt;
+    int erofs = rt->snap_storage == SL_SNAP_STORAGE_EROFS;
     snprintf(j->box_id, sizeof(j->box_id), "%s", b->id);
     memcpy(j->id, "sn-", 3);
     if (sl_random_hex(j->id + 3, 16) < 0) {
@@ -601,7 +900,7 @@ void sl_h_snapshot(sl_req *r)
         j->tmp = NULL;
     if (j->tmp == NULL || (j->final = snap_path(rt, j->id, NULL)) == NULL ||
         (j->upper = sl_path_join(b->dir, "upper")) == NULL ||
-        (j->layer = sl_path_join(j->tmp, "layer")) == NULL) {
+        (j->layer = sl_path_join(j->tmp, erofs ? "layer.erofs" : "layer")) == NULL) {
         sl_err_set(&e, 500, "out of memory");
         goto fail;
     }
@@ -611,21 +910,41 @@ void sl_h_snapshot(sl_req *r)
         j->tmp = NULL;
         goto fail;
     }
+    char *mnt = erofs ? sl_path_join(j->tmp, "mnt") : NULL;
+    if (erofs && (mnt == NULL || mkdir(mnt, 0700) < 0)) {
+        sl_err_set(&e, 500, "mkdir %s/mnt: %s", j->tmp,
+                   mnt == NULL ? "out of memory" : strerror(errno));
+        free(mnt);
+        sl_rm_rf(j->tmp);
+        goto fail;
+    }
+    free(mnt);
     /* Entries changed at or after this instant are recopied while frozen.
      * The clock file timestamps come from (see snap_sync.c). */
     clock_gettime(CLOCK_REALTIME_COARSE, &j->wall_t0);
     j->t_start = sl_mono();
-    char *argv[] = {"cp", "-a", "--reflink=auto", "--", j->upper, j->layer, NULL};
-    if (sl_job_run(rt, argv, on_pass1, j) < 0) {
+    char *cp[] = {"cp", "-a", "--reflink=auto", "--", j->upper, j->layer, NULL};
+    struct timeval delay = settle_delay();
+    if (erofs) {
+        /* No timer (out of memory): start now, a rebuild is only slower. */
+        j->settle = evtimer_new(rt->base, on_settled, j);
+        if (j->settle != NULL && evtimer_add(j->settle, &delay) != 0) {
+            event_free(j->settle);
+            j->settle = NULL;
+        }
+    } else if (sl_job_run(rt, cp, on_pass1, j) < 0) {
         sl_err_set(&e, 500, "cannot start cp: %s", strerror(errno));
-        rmdir(j->tmp);
+        sl_rm_rf(j->tmp);
         goto fail;
     }
     j->next = inflight;
     inflight = j;
-    sl_info("snapshot %s of %s: copying %s", j->id, b->id, j->upper);
+    sl_info("snapshot %s of %s: %s %s", j->id, b->id, erofs ? "building an image of" : "copying",
+            j->upper);
     /* No timeout: the copy takes as long as the upper dir needs. */
     sl_hold_new(r, &j->hold, -1, NULL, j);
+    if (erofs && j->settle == NULL)
+        start_build(rt, j);
     return;
 fail:
     job_free(j);
@@ -784,6 +1103,12 @@ void sl_h_snapshot_delete(sl_req *r)
         sl_reply_error(r, 500, "out of memory");
         return;
     }
+    /* No running sandbox uses it (checked above): drop the image mount, or
+     * the removal below would walk into a read-only filesystem. */
+    char *mnt = snap_path(rt, id, "mnt");
+    if (mnt != NULL)
+        sl_erofs_umount(mnt);
+    free(mnt);
     if (rename(from, to) < 0) {
         sl_reply_error(r, 500, "rename %s: %s", from, strerror(errno));
     } else {

@@ -592,5 +592,5 @@ void sl_store_shutdown(sl_runner *rt)
 {
     /* Copies in flight are killed by sl_jobs_shutdown; their done callbacks
      * answer the held requests and free the records. */
-    (void)rt;
+    sl_snap_shutdown(rt);
 }

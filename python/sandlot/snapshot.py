@@ -1,8 +1,11 @@
 """Snapshots: a sandbox's filesystem captured so new sandboxes start from it.
 
-``sb.snapshot()`` freezes the sandbox's processes, copies everything written,
-installed or deleted since its image (the overlay's upper layer) into the
-runner's state dir, and thaws them. ``Sandbox.create(snapshot=snap)`` then
+``sb.snapshot()`` captures everything written, installed or deleted since the
+sandbox's image (the overlay's upper layer) into the runner's state dir, as one
+read-only EROFS image file (``storage == "erofs"``), or as a directory copy on
+hosts that cannot mount one (``"dir"``). The sandbox keeps running during the
+bulk of the work and is frozen only briefly, so the layer is its filesystem at
+one instant. ``Sandbox.create(snapshot=snap)`` then
 starts a sandbox whose root is that layer (and its parents' layers) over the
 same image, with a fresh writable layer on top: sandboxes started from one
 snapshot never see each other's writes. Snapshots persist across runner
@@ -54,6 +57,11 @@ class SandboxSnapshot:
     Attributes:
         snapshot_id: ``"sn-"`` + 16 hex digits; pass it to :meth:`lookup`.
         kind: ``"filesystem"`` (the only kind the runner makes today).
+        storage: how the runner stores the layer: ``"erofs"`` (one read-only
+            EROFS image file, mounted for restores; the fast capture) or
+            ``"dir"`` (a directory copy: hosts whose kernel cannot mount an
+            erofs image file, a runner started with ``--snapshot-storage dir``,
+            or a tree whose sparse files hold more than 64 MiB of holes).
         image: the image the sandbox ran; a restore always uses it.
         env, workdir, cmd: what the snapshotted sandbox was created with; a
             restore uses them unless ``Sandbox.create`` is given its own
@@ -75,6 +83,7 @@ class SandboxSnapshot:
     sandbox_id: str | None = None
     created_at: float | None = None
     capture_seconds: float | None = None
+    storage: str = "dir"
     _session: Session | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -83,6 +92,7 @@ class SandboxSnapshot:
         return cls(
             snapshot_id=d["snapshot_id"],
             kind=d.get("kind", "filesystem"),
+            storage=d.get("storage", "dir"),
             image=d.get("image", "host"),
             env=dict(d.get("env") or {}),
             workdir=d.get("workdir"),
