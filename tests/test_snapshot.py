@@ -253,6 +253,8 @@ def test_cli_snapshot_ls_rm(runner, prepared):
     ls = subprocess.run([sys.executable, "-m", "sandlot", "snapshot", "ls"], env=env, capture_output=True, text=True)
     assert ls.returncode == 0, ls.stderr
     assert snap.snapshot_id in ls.stdout and "filesystem" in ls.stdout
+    row = next(line for line in ls.stdout.splitlines() if snap.snapshot_id in line)
+    assert snap.storage in ("erofs", "dir") and snap.storage in row.split()
     rm = subprocess.run(
         [sys.executable, "-m", "sandlot", "snapshot", "rm", snap.snapshot_id, "sn-0000000000000000"],
         env=env,

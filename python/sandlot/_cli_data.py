@@ -68,12 +68,13 @@ def add_commands(
                 out(s.snapshot_id)
             return 0
         now = time.time()
-        rows: list[tuple[str, ...]] = [("SNAPSHOT ID", "KIND", "AGE", "IMAGE", "PARENT", "FROM SANDBOX")]
+        rows: list[tuple[str, ...]] = [("SNAPSHOT ID", "KIND", "STORAGE", "AGE", "IMAGE", "PARENT", "FROM SANDBOX")]
         for s in snaps:
             rows.append(
                 (
                     s.snapshot_id,
                     s.kind,
+                    s.storage,
                     age(now - (s.created_at or now)),
                     s.image,
                     s.parent or "-",
