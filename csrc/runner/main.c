@@ -387,6 +387,9 @@ int main(int argc, char **argv)
     rt->init_memfd = -1;
     rt->lock_fd = -1;
     rt->max_sandboxes = o.max_sandboxes;
+    /* Rootless mode: without root the runner cannot mount, so each sandbox
+     * gets a user namespace in which it can (docs/architecture.md). */
+    rt->userns = geteuid() != 0;
     rt->retention = o.retention;
     int rc = sl_log_open(o.log_file, o.level);
     if (rc < 0) {
@@ -480,8 +483,9 @@ int main(int argc, char **argv)
             goto out;
         pid_written = 1;
     }
-    sl_info("sandlotd %s ready (runner %s, pid %d, state %s, init %s)", SL_VERSION, rt->runner_id,
-            (int)getpid(), rt->state_dir, init_path);
+    sl_info("sandlotd %s ready (runner %s, pid %d, state %s, init %s%s)", SL_VERSION, rt->runner_id,
+            (int)getpid(), rt->state_dir, init_path,
+            rt->userns ? ", rootless: sandboxes get a user namespace" : "");
     sl_log_echo_stderr(0);
     if (notify >= 0) {
         detach_stdio();

@@ -61,6 +61,10 @@ typedef struct sl_sandbox_config {
                                        filesystem; else dir gets a tmpfs of this size first
                                        (mounted in the caller's mount namespace, so upper/
                                        stays readable there), a full layer is ENOSPC inside */
+    int userns;                     /* 1: a user namespace too, uid/gid 0 inside = the caller's
+                                       euid/egid (rootless runner; sl_userns.h); the host image
+                                       is then built by sl_hostroot_mount, and disk_bytes is
+                                       refused (mounting the tmpfs needs root) */
 } sl_sandbox_config;
 
 typedef struct sl_sandbox {

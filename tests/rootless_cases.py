@@ -1,0 +1,157 @@
+"""Rootless-mode cases: run by tests/test_rootless.py as an unprivileged user,
+against a runner that user starts (the ``runner`` fixture of conftest.py, which
+then runs without root). Not collected by the normal suite (the file name does
+not start with ``test_``): run as root these would test nothing.
+
+What they show: root inside is the runner's uid outside and nothing more;
+limits that cannot be enforced without a delegated cgroup are reported as
+such and refused; timeouts and terminate still kill everything.
+
+Environment (set by tests/test_rootless.py):
+    SANDLOT_ROOTLESS_PROBE   a root-owned 0600 file on the host image
+    SANDLOT_TEST_HOST_DIR    a directory on the host image this user owns
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sandlot
+from sandlot import Sandbox, Volume
+
+from conftest import client_env
+
+
+def sh(sb: Sandbox, cmd: str) -> tuple[int, str, str]:
+    p = sb.exec(["/bin/sh", "-c", cmd])
+    out, err = p.stdout.read(), p.stderr.read()
+    return p.wait(), out, err
+
+
+@pytest.fixture(autouse=True)
+def _unprivileged() -> None:
+    assert os.geteuid() != 0, "rootless cases must run as an unprivileged user (tests/test_rootless.py)"
+
+
+def test_health_says_rootless_and_which_limits_are_enforced(session):
+    h = session.health()
+    assert h["rootless"] is True and h["uid"] == os.geteuid()
+    lim = h["limits"]
+    # The disk cap is a tmpfs the runner mounts on the host: never without root.
+    assert lim["disk"] is False and lim["gpu"] is False
+    if not os.environ.get("SANDLOT_ROOTLESS_DELEGATED"):
+        # No cgroup of this user is writable here: nothing can be limited.
+        assert (lim["memory"], lim["pids"], lim["cpu"]) == (False, False, False), lim
+
+
+def test_limits_that_are_not_enforced_are_refused(session):
+    lim = session.health()["limits"]
+    asks = {"memory": "64Mi", "pids": 32, "cpu": 0.5, "disk": "16Mi"}
+    refused = [k for k in asks if not lim[k]]
+    assert "disk" in refused
+    before = len(Sandbox.list(session=session))
+    for key in refused:
+        with pytest.raises(sandlot.InvalidArgumentError, match=f"resources.{key}.*cannot enforce"):
+            Sandbox.create(["true"], resources={key: asks[key]}, session=session)
+    # A refusal is made before anything is created.
+    assert len(Sandbox.list(session=session)) == before
+
+
+def test_runner_status_cli_says_what_is_not_enforced(runner):
+    env = client_env(runner)
+    out = subprocess.run(
+        [sys.executable, "-m", "sandlot", "runner", "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"rootless (user namespace: uid 0 inside = uid {os.geteuid()} outside)" in out.stdout
+    assert "disk NOT enforced" in out.stdout
+    assert "is refused" in out.stdout
+
+
+def test_root_inside_is_the_runner_user_outside(session, runner):
+    uid, gid = os.geteuid(), os.getegid()
+    vol = Volume.from_name(f"rl-{uuid.uuid4().hex[:8]}", create_if_missing=True, session=session)
+    # The volume stays: it lives in this run's own state dir.
+    with Sandbox.create(["sleep", "60"], volumes={"/data": vol}, session=session) as sb:
+        code, out, _ = sh(sb, "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map")
+        assert code == 0
+        lines = out.split("\n")
+        assert lines[:2] == ["0", "0"]
+        assert lines[2].split() == ["0", str(uid), "1"] and lines[3].split() == ["0", str(gid), "1"]
+        tag = uuid.uuid4().hex
+        assert sh(sb, f"echo hi > /data/{tag} && stat -c '%u %g' /data/{tag}")[1] == "0 0\n"
+        # On the host the file belongs to the runner's user, not to root.
+        found = list(runner.state_dir.rglob(tag))
+        assert len(found) == 1, found
+        st = found[0].stat()
+        assert (st.st_uid, st.st_gid) == (uid, gid)
+        # The sandbox's init is a process of this user too.
+        pid = sb.info().pid
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status, status
+
+
+def test_root_inside_cannot_do_what_the_user_cannot(sandbox):
+    probe = os.environ["SANDLOT_ROOTLESS_PROBE"]
+    # The user cannot read the root-only file on the host...
+    with pytest.raises(PermissionError):
+        open(probe, "rb").read()
+    # ...and neither can root in the sandbox, which sees it (owned by the
+    # unmapped host root: the overflow uid) through the host image.
+    code, out, err = sh(sandbox, f"stat -c '%u %a' {probe}; cat {probe}")
+    assert code != 0 and "Permission denied" in err, (out, err)
+    assert out.split() == ["65534", "600"], out
+    # Host directories of other owners stay closed: no file in /usr/bin, no
+    # change of /etc/passwd, no chown to an id outside the map.
+    for cmd in (f"touch /usr/bin/sl-{uuid.uuid4().hex}", "echo x >> /etc/passwd", "chown 1234 /tmp"):
+        code, _, err = sh(sandbox, cmd)
+        assert code != 0, (cmd, err)
+
+
+def test_a_write_that_needs_a_copy_up_of_roots_directory_fails_closed(sandbox):
+    # Known limit of rootless mode (docs/security.md): the user's directory
+    # below a directory of root's is writable on the host, but in the sandbox a
+    # write there has to copy root's directory up into the sandbox's layer,
+    # which needs CAP_CHOWN on the host. It fails (EOVERFLOW) and the host
+    # does not change.
+    user_dir = Path(os.environ["SANDLOT_TEST_HOST_DIR"]) / "root-dir" / "user-dir"
+    tag = uuid.uuid4().hex
+    (user_dir / "host-file").write_text("host\n")  # the user itself can write there
+    code, _, err = sh(sandbox, f"echo x > {user_dir}/{tag}")
+    assert code != 0 and "Value too large" in err, err
+    assert sorted(os.listdir(user_dir)) == ["host-file"]
+    assert sh(sandbox, f"cat {user_dir}/host-file")[1] == "host\n"
+
+
+def test_kill_and_timeout_work_without_a_cgroup(session):
+    # No cgroup: terminate and the timeout kill init, and the pid namespace
+    # takes every other process with it.
+    tag = f"{uuid.uuid4().int % 10**6}.{os.getpid()}"
+    sb = Sandbox.create(["sh", "-c", f"sleep {tag} & sleep {tag} & wait"], timeout=3, session=session)
+    host = []
+    for _ in range(500):
+        host = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == f"sleep {tag}"]
+        if len(host) == 2:
+            break
+        time.sleep(0.01)
+    assert len(host) == 2, host
+    assert sb.wait(timeout=60) == -9
+    assert sb.info().status == "timeout"
+    for _ in range(500):
+        if not any(_cmdline(p) == f"sleep {tag}" for p in host):
+            break
+        time.sleep(0.01)
+    assert not any(_cmdline(p) == f"sleep {tag}" for p in host)
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
