@@ -155,3 +155,42 @@ def _cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def test_a_delegated_cgroup_holds_every_sandbox(session):
+    # Run by tests/test_rootless.py inside a cgroup2 directory it gave this
+    # user (SANDLOT_ROOTLESS_DELEGATED): the runner then puts each sandbox in
+    # a cgroup of its own below it and kills through it.
+    delegated = Path(os.environ["SANDLOT_ROOTLESS_DELEGATED"])
+    sb = Sandbox.create(["sh", "-c", "sleep 1000 & sleep 1000 & wait"], timeout=120, session=session)
+    try:
+        pid = sb.info().pid
+        line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if x.startswith("0::"))
+        own = delegated / "sandlot" / sb.sandbox_id
+        assert line.endswith(f"/{delegated.name}/sandlot/{sb.sandbox_id}"), line
+        assert own.is_dir() and own.stat().st_uid == os.geteuid()
+        for _ in range(500):
+            members = (own / "cgroup.procs").read_text().split()
+            if len(members) >= 4:  # init, sh and the two sleeps
+                break
+            time.sleep(0.01)
+        assert len(members) >= 4, members
+        # Inside, the cgroup namespace is rooted at the sandbox's cgroup.
+        assert sh(sb, "cat /proc/self/cgroup")[1].strip().endswith("0::/")
+        # What the health says is what the runner does: an enforced limit
+        # takes, one that is not is refused.
+        lim = session.health()["limits"]
+        for key, ask in (("memory", "64Mi"), ("pids", 32), ("cpu", 0.5)):
+            if lim[key]:
+                with Sandbox.create(["true"], resources={key: ask}, session=session) as limited:
+                    assert limited.wait(timeout=60) == 0
+            else:
+                with pytest.raises(sandlot.InvalidArgumentError, match="cannot enforce"):
+                    Sandbox.create(["true"], resources={key: ask}, session=session)
+    finally:
+        sb.terminate()
+    for _ in range(500):
+        if not own.exists():
+            break
+        time.sleep(0.01)
+    assert not own.exists(), "the sandbox's cgroup outlived it"

@@ -106,7 +106,9 @@ def _rootless_case_names() -> list[str]:
     ]
 
 
-ALL_CASES = CORE_CASES + _rootless_case_names()
+#: Cases that need a delegated cgroup: run in a second pass, inside one.
+DELEGATED_CASES = ["rootless_cases.py::test_a_delegated_cgroup_holds_every_sandbox"]
+ALL_CASES = CORE_CASES + [c for c in _rootless_case_names() if c not in DELEGATED_CASES]
 
 #: Pure-Python modules the unprivileged pytest needs besides sandlot.
 _MODULES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py", "pytest_timeout", "cloudpickle")
@@ -200,8 +202,33 @@ def _parse_junit(path: Path) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+@dataclass
+class Prepared:
+    """What the unprivileged runs share: a readable copy of everything, and how to start pytest."""
+
+    work: Path
+    env: dict[str, str]
+    argv: list[str]  # the interpreter and pytest's options, without the cases
+
+    def run(self, cases: list[str], extra_env: dict[str, str] | None = None, cgroup: Path | None = None) -> UnprivilegedRun:
+        """Run cases as the user (with its processes in ``cgroup`` if given)."""
+        junit = self.work / "junit.xml"
+        junit.unlink(missing_ok=True)
+        argv = [_runuser(), "-u", USER, "--", *self.argv, f"--junitxml={junit}", *("tests/" + c for c in cases)]
+        if cgroup is not None:
+            # Into the delegated cgroup before dropping root: the user may not
+            # move itself there (that needs write access to the common parent).
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
+        env = {**self.env, **(extra_env or {})}
+        r = subprocess.run(
+            argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800
+        )
+        outcomes = _parse_junit(junit) if junit.exists() else {}
+        return UnprivilegedRun(r.returncode, r.stdout + r.stderr, outcomes)
+
+
 @pytest.fixture(scope="module")
-def unprivileged_run() -> Iterator[UnprivilegedRun]:
+def prepared() -> Iterator[Prepared]:
     user = _ensure_user()
     work = Path(tempfile.mkdtemp(prefix="sandlot-rootless-"))
     # On the host's root filesystem (not /tmp: a tmpfs inside sandboxes), for
@@ -238,7 +265,6 @@ def unprivileged_run() -> Iterator[UnprivilegedRun]:
         nested.mkdir(mode=0o755)
         (nested / "user-dir").mkdir(mode=0o755)
         os.chown(nested / "user-dir", user.pw_uid, user.pw_gid)
-        python = _interpreter()
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(work),
@@ -250,15 +276,66 @@ def unprivileged_run() -> Iterator[UnprivilegedRun]:
             "SANDLOT_ROOTLESS_PROBE": str(probe),
         }
         plugins = ["-p", "pytest_timeout", "--timeout", "300"] if (py / "pytest_timeout.py").exists() else []
-        argv = [python, "-m", "pytest", "-q", *plugins, f"--junitxml={work / 'junit.xml'}"]
-        argv += ["tests/" + c for c in ALL_CASES]
-        r = _as_user(argv, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
-        junit = work / "junit.xml"
-        outcomes = _parse_junit(junit) if junit.exists() else {}
-        yield UnprivilegedRun(r.returncode, r.stdout + r.stderr, outcomes)
+        yield Prepared(work, env, [_interpreter(), "-m", "pytest", "-q", *plugins])
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(host, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def unprivileged_run(prepared: Prepared) -> UnprivilegedRun:
+    return prepared.run(ALL_CASES)
+
+
+def _cgroup2_own_dir() -> Path | None:
+    """This process's own directory in the cgroup2 hierarchy (pure v2 or hybrid), or None."""
+    mnt = root = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            if post.split()[:1] == ["cgroup2"]:
+                fields = pre.split()
+                root, mnt = fields[3], fields[4]
+                break
+    if mnt is None or root is None:
+        return None
+    with open("/proc/self/cgroup") as f:
+        own = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+    if own is None or not (own == root or own.startswith(root.rstrip("/") + "/") or root == "/"):
+        return None
+    rel = own[len(root) :] if root != "/" else own
+    return Path(mnt) / rel.lstrip("/")
+
+
+@pytest.fixture(scope="module")
+def delegated_run(prepared: Prepared) -> Iterator[UnprivilegedRun]:
+    base = _cgroup2_own_dir()
+    if base is None:
+        pytest.skip("no cgroup2 hierarchy on this host to delegate a subtree from")
+    user = pwd.getpwnam(USER)
+    cg = base / f"sandlot-rootless-{os.getpid()}"
+    try:
+        cg.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a cgroup to delegate ({cg}: {exc.strerror})")
+    try:
+        # Delegation as systemd does it: the directory and its process and
+        # subtree files belong to the user.
+        for p in (cg, cg / "cgroup.procs", cg / "cgroup.threads", cg / "cgroup.subtree_control"):
+            if p.exists():
+                os.chown(p, user.pw_uid, user.pw_gid)
+        yield prepared.run(DELEGATED_CASES, {"SANDLOT_ROOTLESS_DELEGATED": str(cg)}, cgroup=cg)
+    finally:
+        # Leaves first; the runner removed each sandbox's own cgroup.
+        for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        try:
+            cg.rmdir()
+        except OSError:
+            pass
 
 
 def test_the_unprivileged_run_passed_every_case(unprivileged_run: UnprivilegedRun) -> None:
@@ -268,9 +345,18 @@ def test_the_unprivileged_run_passed_every_case(unprivileged_run: UnprivilegedRu
     assert not missing, f"cases that did not run: {missing}\n{tail}"
 
 
+def _assert_passed(run: UnprivilegedRun, case: str, where: str) -> None:
+    results = run.outcomes.get(case)
+    assert results, f"{case} did not run (status {run.returncode}):\n{run.output[-3000:]}"
+    bad = [(o, m) for o, m in results if o != "passed"]
+    assert not bad, f"{case} as {USER}{where}: {bad[0][0]}\n{bad[0][1][-3000:]}"
+
+
 @pytest.mark.parametrize("case", ALL_CASES)
 def test_case_passes_as_an_unprivileged_user(unprivileged_run: UnprivilegedRun, case: str) -> None:
-    results = unprivileged_run.outcomes.get(case)
-    assert results, f"{case} did not run:\n{unprivileged_run.output[-3000:]}"
-    bad = [(o, m) for o, m in results if o != "passed"]
-    assert not bad, f"{case} as {USER}: {bad[0][0]}\n{bad[0][1][-3000:]}"
+    _assert_passed(unprivileged_run, case, "")
+
+
+@pytest.mark.parametrize("case", DELEGATED_CASES)
+def test_case_passes_in_a_delegated_cgroup(delegated_run: UnprivilegedRun, case: str) -> None:
+    _assert_passed(delegated_run, case, " in a delegated cgroup")
