@@ -278,34 +278,33 @@ static void fd_path(char *buf, size_t len, int fd)
     snprintf(buf, len, "/proc/self/fd/%d", fd);
 }
 
-/* The overlay of host directory "/rel" on root/rel; number i names its work dir. */
-static int mount_dir(ctx *c, int rootfd, const char *rel, size_t i)
+/* The overlay of host directory "/rel" as a detached mount (*mfd, or -1 to
+ * leave the directory empty); number i names its work dir.
+ *
+ * Detached, and made before the root's overlay exists: the kernel warns
+ * ("upperdir is in-use") about an overlay whose upper dir lies below a dir
+ * that is already some overlay's upper, and <dir>/upper/<rel> lies below the
+ * root's <dir>/upper. Made first, none is in use yet, and moving the mounts
+ * into place later checks nothing more. */
+static int make_dir_overlay(ctx *c, const char *rel, size_t i, int *mfd)
 {
     const sl_hostroot *h = c->h;
-    char opts[4096], upper[PATH_MAX], work[PATH_MAX], target[64];
-    int lfds[64], nl = 0, tfd, err = 0;
-    size_t used;
+    char lower[4096], upper[PATH_MAX], work[PATH_MAX];
+    int lfds[64], nl = 0, fs = -1, err = 0;
+    size_t used = 0;
 
-    tfd = open_beneath(rootfd, rel, O_DIRECTORY);
-    if (tfd < 0)
-        return 0; /* a snapshot layer replaced it (deleted, or a symlink now): nothing to show */
+    *mfd = -1;
     snprintf(work, sizeof(work), "%s/ovlwork", h->dir);
-    if (mkdir(work, 0700) < 0 && errno != EEXIST) {
-        err = fail(c, errno, "mkdir %s", work);
-        goto out;
-    }
+    if (mkdir(work, 0700) < 0 && errno != EEXIST)
+        return fail(c, errno, "mkdir %s", work);
     snprintf(upper, sizeof(upper), "%s/upper", h->dir);
-    if ((err = mkdir_under(upper, rel)) < 0) {
-        err = fail(c, err, "mkdir upper/%s", rel);
-        goto out;
-    }
+    if ((err = mkdir_under(upper, rel)) < 0)
+        return fail(c, err, "mkdir upper/%s", rel);
     snprintf(upper, sizeof(upper), "%s/upper/%s", h->dir, rel);
     snprintf(work, sizeof(work), "%s/ovlwork/%zu", h->dir, i);
-    if (mkdir(work, 0700) < 0 && errno != EEXIST) {
-        err = fail(c, errno, "mkdir %s", work);
-        goto out;
-    }
-    used = (size_t)snprintf(opts, sizeof(opts), "lowerdir=");
+    if (mkdir(work, 0700) < 0 && errno != EEXIST)
+        return fail(c, errno, "mkdir %s", work);
+    lower[0] = '\0';
     for (size_t l = 0; l < h->n_layers && nl < (int)(sizeof(lfds) / sizeof(lfds[0])); l++) {
         int lroot = open(h->layers[l], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), fd;
         char p[64];
@@ -320,27 +319,52 @@ static int mount_dir(ctx *c, int rootfd, const char *rel, size_t i)
             continue; /* this layer changed nothing there */
         lfds[nl++] = fd;
         fd_path(p, sizeof(p), fd);
-        used +=
-            (size_t)snprintf(opts + used, used < sizeof(opts) ? sizeof(opts) - used : 0, "%s:", p);
+        used += (size_t)snprintf(lower + used, used < sizeof(lower) ? sizeof(lower) - used : 0,
+                                 "%s:", p);
     }
-    if (used < sizeof(opts))
-        used += (size_t)snprintf(opts + used, sizeof(opts) - used,
-                                 "/%s,upperdir=%s,workdir=%s,userxattr", rel, upper, work);
-    if (used >= sizeof(opts) || strpbrk(rel, ",:\\")) {
+    if (used < sizeof(lower))
+        used += (size_t)snprintf(lower + used, sizeof(lower) - used, "/%s", rel);
+    if (used >= sizeof(lower) || strpbrk(rel, ",:\\")) {
         err = fail(c, E2BIG, "overlay options for /%s", rel);
         goto out;
     }
-    fd_path(target, sizeof(target), tfd);
-    if (mount("overlay", target, "overlay", 0, opts) < 0) {
+    fs = fsopen("overlay", FSOPEN_CLOEXEC);
+    if (fs < 0) {
+        err = fail(c, errno, "fsopen overlay (rootless mode needs Linux 5.11 or later)");
+        goto out;
+    }
+    if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir", lower, 0) < 0 ||
+        fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0 ||
+        fsconfig(fs, FSCONFIG_SET_STRING, "workdir", work, 0) < 0 ||
+        fsconfig(fs, FSCONFIG_SET_FLAG, "userxattr", NULL, 0) < 0 ||
+        fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0 ||
+        (*mfd = fsmount(fs, FSMOUNT_CLOEXEC, 0)) < 0) {
+        *mfd = -1;
         /* A host directory the runner's user may not read (lost+found):
          * left empty, which is all that user could see of it anyway. */
         if (errno != EACCES && errno != EPERM)
             err = fail(c, errno, "mount overlay of /%s", rel);
     }
 out:
+    if (fs >= 0)
+        close(fs);
     for (int k = 0; k < nl; k++)
         close(lfds[k]);
-    close(tfd);
+    return err;
+}
+
+/* Move the detached overlay mfd onto root/rel (closed here). */
+static int attach_dir_overlay(ctx *c, int rootfd, const char *rel, int mfd)
+{
+    int tfd = open_beneath(rootfd, rel, O_DIRECTORY), err = 0;
+
+    /* Not a directory in the root: a snapshot layer deleted or replaced it. */
+    if (tfd >= 0 &&
+        move_mount(mfd, "", tfd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        err = fail(c, errno, "move overlay of /%s into place", rel);
+    if (tfd >= 0)
+        close(tfd);
+    close(mfd);
     return err;
 }
 
@@ -390,7 +414,7 @@ int sl_hostroot_mount(const sl_hostroot *h, char *what, size_t whatlen)
     ctx c = {.h = h, .what = what, .whatlen = whatlen};
     char skel[PATH_MAX], opts[4096];
     size_t used;
-    int sfd = -1, rootfd = -1, err;
+    int sfd = -1, rootfd = -1, *mfds = NULL, err;
 
     if (what && whatlen)
         what[0] = '\0';
@@ -420,6 +444,15 @@ int sl_hostroot_mount(const sl_hostroot *h, char *what, size_t whatlen)
     }
     if ((err = build_skel(&c, "", sfd)) < 0)
         goto out;
+    if (!(mfds = malloc((c.overlays.n + 1) * sizeof(*mfds)))) {
+        err = fail(&c, ENOMEM, "mount fds");
+        goto out;
+    }
+    for (size_t i = 0; i < c.overlays.n; i++)
+        mfds[i] = -1;
+    for (size_t i = 0; i < c.overlays.n; i++)
+        if ((err = make_dir_overlay(&c, c.overlays.v[i], i, &mfds[i])) < 0)
+            goto out;
 
     /* The root: skeleton below any snapshot layers, the sandbox's upper on top. */
     used = (size_t)snprintf(opts, sizeof(opts), "lowerdir=");
@@ -442,14 +475,22 @@ int sl_hostroot_mount(const sl_hostroot *h, char *what, size_t whatlen)
         err = fail(&c, errno, "open %s", h->root);
         goto out;
     }
-    for (size_t i = 0; i < c.overlays.n; i++)
-        if ((err = mount_dir(&c, rootfd, c.overlays.v[i], i)) < 0)
+    for (size_t i = 0; i < c.overlays.n; i++) {
+        int mfd = mfds[i];
+
+        mfds[i] = -1;
+        if (mfd >= 0 && (err = attach_dir_overlay(&c, rootfd, c.overlays.v[i], mfd)) < 0)
             goto out;
+    }
     for (size_t i = 0; i < c.files.n; i++)
         if ((err = bind_file(&c, rootfd, c.files.v[i])) < 0)
             goto out;
     err = 0;
 out:
+    for (size_t i = 0; mfds && i < c.overlays.n; i++)
+        if (mfds[i] >= 0)
+            close(mfds[i]);
+    free(mfds);
     if (rootfd >= 0)
         close(rootfd);
     if (sfd >= 0)
