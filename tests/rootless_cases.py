@@ -63,6 +63,20 @@ def test_limits_that_are_not_enforced_are_refused(session):
     assert len(Sandbox.list(session=session)) == before
 
 
+def _one() -> int:
+    return 1
+
+
+def test_a_function_asking_for_an_unenforced_limit_is_refused_at_registration(session):
+    from sandlot.function import RemoteFunction
+
+    fn = RemoteFunction(_one, session=session, resources={"memory": "64Mi"})
+    with pytest.raises(sandlot.InvalidArgumentError, match="options.resources.memory.*cannot enforce"):
+        fn.remote().result(timeout=60)
+    # Without the limit the same function runs in a rootless worker.
+    assert RemoteFunction(_one, session=session).remote().result(timeout=120) == 1
+
+
 def test_runner_status_cli_says_what_is_not_enforced(runner):
     env = client_env(runner)
     out = subprocess.run(
