@@ -143,6 +143,11 @@ def test_a_write_that_needs_a_copy_up_of_roots_directory_fails_closed(sandbox):
     assert sh(sandbox, f"cat {user_dir}/host-file")[1] == "host\n"
 
 
+def test_a_snapshot_without_a_delegated_cgroup_says_why_it_cannot_be_made(sandbox):
+    with pytest.raises(sandlot.SandboxError, match="rootless runner freezes through a delegated cgroup"):
+        sandbox.snapshot()
+
+
 def test_kill_and_timeout_work_without_a_cgroup(session):
     # No cgroup: terminate and the timeout kill init, and the pid namespace
     # takes every other process with it.
@@ -208,3 +213,18 @@ def test_a_delegated_cgroup_holds_every_sandbox(session):
             break
         time.sleep(0.01)
     assert not own.exists(), "the sandbox's cgroup outlived it"
+
+
+def test_snapshots_work_in_a_delegated_cgroup(session):
+    # The capture freezes the sandbox through its cgroup (cgroup.freeze): with
+    # a delegated cgroup a rootless runner has one. The layer is restored by
+    # the same per-directory overlays as the host image itself.
+    tag = uuid.uuid4().hex
+    with Sandbox.create(["sleep", "60"], session=session) as sb:
+        assert sh(sb, f"echo {tag} > /etc/sl-{tag} && mkdir /top-{tag} && echo top > /top-{tag}/f")[0] == 0
+        snap = sb.snapshot()
+    with Sandbox.create(["sleep", "60"], snapshot=snap, session=session) as restored:
+        code, out, err = sh(restored, f"cat /etc/sl-{tag} /top-{tag}/f; ls /usr/bin/sh")
+        assert code == 0, err
+        assert out == f"{tag}\ntop\n/usr/bin/sh\n"
+    assert not os.path.exists(f"/etc/sl-{tag}") and not os.path.exists(f"/top-{tag}")

@@ -107,7 +107,10 @@ def _rootless_case_names() -> list[str]:
 
 
 #: Cases that need a delegated cgroup: run in a second pass, inside one.
-DELEGATED_CASES = ["rootless_cases.py::test_a_delegated_cgroup_holds_every_sandbox"]
+DELEGATED_CASES = [
+    "rootless_cases.py::test_a_delegated_cgroup_holds_every_sandbox",
+    "rootless_cases.py::test_snapshots_work_in_a_delegated_cgroup",
+]
 ALL_CASES = CORE_CASES + [c for c in _rootless_case_names() if c not in DELEGATED_CASES]
 
 #: Pure-Python modules the unprivileged pytest needs besides sandlot.

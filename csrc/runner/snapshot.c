@@ -522,7 +522,10 @@ static void on_pass1(sl_runner *rt, void *arg, int status, const char *err)
         if (rc != -ENOTSUP)
             thaw(rt, j->box_id); /* undo a half-done freeze */
         snprintf(why, sizeof(why), "cannot freeze the sandbox for a consistent copy: %s",
-                 rc == -ENOTSUP ? "no cgroup freezer on this host" : strerror(-rc));
+                 rc != -ENOTSUP ? strerror(-rc)
+                 : rt->userns ? "no cgroup freezer (a rootless runner freezes through a delegated "
+                                "cgroup, and has none)"
+                              : "no cgroup freezer on this host");
         finish(rt, j, why, 500);
         return;
     }
