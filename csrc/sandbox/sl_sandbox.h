@@ -1,8 +1,8 @@
 /* sl_sandbox.h - create one sandbox: namespaces, overlay root, cgroup, init.
  *
  * Used by sandlotd. sl_sandbox_spawn() clone()s a child in new PID, mount,
- * network, IPC and UTS namespaces (a user namespace for rootless runners is
- * planned: see the CLONE_NEWUSER note in sl_sandbox.c), joins
+ * network, IPC and UTS namespaces (and a user namespace owning them all with
+ * cfg->userns, for rootless runners: see the note in sl_sandbox.c), joins
  * it to the sandbox's cgroup, builds the root:
  *   overlayfs(lower = rootfs, upper = <dir>/upper, work = <dir>/work) at
  *   <dir>/root, then /proc, a minimal /dev, read-only /sys, fresh tmpfs on
