@@ -228,3 +228,28 @@ def test_snapshots_work_in_a_delegated_cgroup(session):
         assert code == 0, err
         assert out == f"{tag}\ntop\n/usr/bin/sh\n"
     assert not os.path.exists(f"/etc/sl-{tag}") and not os.path.exists(f"/top-{tag}")
+
+
+def test_snapshots_of_a_directory_image_work_in_a_delegated_cgroup(session, tmp_path):
+    # A directory image is one overlay (no host mounts below it), stacked on
+    # a read-only base overlay when restored from a snapshot: both carry
+    # userxattr in a user namespace.
+    import shutil
+
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    assert os.access(busybox, os.X_OK), "busybox-static is installed by ./dev"
+    root = tmp_path / "rootfs"
+    for d in ("bin", "etc", "opt", "tmp", "proc", "dev", "sys", "run", "var/tmp"):
+        (root / d).mkdir(parents=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    for tool in ("sh", "cat", "rm", "mkdir", "ls", "sleep", "test", "echo"):
+        (root / "bin" / tool).symlink_to("busybox")
+    (root / "etc" / "gone").write_text("image\n")
+    image = sandlot.Image.from_directory(str(root))
+    with Sandbox.create(["/bin/sleep", "60"], image=image, session=session) as sb:
+        assert sh(sb, "echo added > /etc/added && rm /etc/gone && mkdir -p /opt/new")[0] == 0
+        snap = sb.snapshot()
+    with Sandbox.create(["/bin/sleep", "60"], snapshot=snap, session=session) as restored:
+        code, out, err = sh(restored, "cat /etc/added; test -e /etc/gone || echo gone; ls -d /opt/new")
+        assert (code, out) == (0, "added\ngone\n/opt/new\n"), err
+    assert (root / "etc" / "gone").read_text() == "image\n" and not (root / "etc" / "added").exists()

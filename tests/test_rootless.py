@@ -110,6 +110,7 @@ def _rootless_case_names() -> list[str]:
 DELEGATED_CASES = [
     "rootless_cases.py::test_a_delegated_cgroup_holds_every_sandbox",
     "rootless_cases.py::test_snapshots_work_in_a_delegated_cgroup",
+    "rootless_cases.py::test_snapshots_of_a_directory_image_work_in_a_delegated_cgroup",
 ]
 ALL_CASES = CORE_CASES + [c for c in _rootless_case_names() if c not in DELEGATED_CASES]
 

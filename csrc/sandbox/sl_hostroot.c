@@ -305,10 +305,16 @@ static int make_dir_overlay(ctx *c, const char *rel, size_t i, int *mfd)
     if (mkdir(work, 0700) < 0 && errno != EEXIST)
         return fail(c, errno, "mkdir %s", work);
     lower[0] = '\0';
-    for (size_t l = 0; l < h->n_layers && nl < (int)(sizeof(lfds) / sizeof(lfds[0])); l++) {
+    for (size_t l = 0; l < h->n_layers; l++) {
         int lroot = open(h->layers[l], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), fd;
         char p[64];
 
+        if (nl == (int)(sizeof(lfds) / sizeof(lfds[0]))) {
+            if (lroot >= 0)
+                close(lroot);
+            err = fail(c, E2BIG, "more than %d snapshot layers change /%s", nl, rel);
+            goto out;
+        }
         if (lroot < 0) {
             err = fail(c, errno, "open layer %s", h->layers[l]);
             goto out;

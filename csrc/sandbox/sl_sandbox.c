@@ -549,7 +549,8 @@ static void mount_layers(const child_ctx *c, const char *upper, const char *work
     if (mount("tmpfs", empty, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
               "size=4k,mode=755") < 0)
         child_die(c, errno, "mount tmpfs on %s", empty);
-    if ((size_t)snprintf(opts, sizeof(opts), "lowerdir=%s:%s", empty, cfg->rootfs) >= sizeof(opts))
+    if ((size_t)snprintf(opts, sizeof(opts), "lowerdir=%s:%s%s", empty, cfg->rootfs,
+                         c->userns ? ",userxattr" : "") >= sizeof(opts))
         child_die(c, ENAMETOOLONG, "overlay options for %s", base);
     if (mount("overlay", base, "overlay", MS_RDONLY, opts) < 0)
         child_die(c, errno, "mount base overlay of %s on %s", cfg->rootfs, base);
