@@ -148,6 +148,23 @@ def test_a_snapshot_without_a_delegated_cgroup_says_why_it_cannot_be_made(sandbo
         sandbox.snapshot()
 
 
+def test_without_user_namespaces_the_runner_says_so_at_start(tmp_path):
+    # bubblewrap's --disable-userns leaves this user no user namespace to
+    # give (user.max_user_namespaces=1 in its own): the runner must refuse
+    # to start with the reason, not fail every create later.
+    import shutil
+
+    bwrap = shutil.which("bwrap")
+    assert bwrap, "bubblewrap is installed by ./dev"
+    sandlotd = str(Path(sandlot.__file__).resolve().parent / "_bin" / "sandlotd")
+    argv = [bwrap, "--dev-bind", "/", "/", "--unshare-user", "--disable-userns", "--", sandlotd]
+    argv += ["--socket", str(tmp_path / "s.sock"), "--state-dir", str(tmp_path / "state")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "cannot run rootless: the kernel refuses this user a user namespace" in r.stderr, r.stderr
+    assert not (tmp_path / "s.sock").exists()
+
+
 def test_kill_and_timeout_work_without_a_cgroup(session):
     # No cgroup: terminate and the timeout kill init, and the pid namespace
     # takes every other process with it.

@@ -21,6 +21,7 @@
 #include "sl_common.h"
 #include "sl_log.h"
 #include "sl_runner.h"
+#include "sl_userns.h"
 
 #define DEFAULT_MAX_SANDBOXES 1000
 
@@ -457,6 +458,15 @@ int main(int argc, char **argv)
     }
     if (sl_store_init(rt) < 0)
         goto out;
+    if (rt->userns) {
+        char why[512];
+
+        /* Better one clear error now than a failed clone at every create. */
+        if (sl_userns_probe(why, sizeof(why)) < 0) {
+            sl_error("cannot run rootless: %s", why);
+            goto out;
+        }
+    }
     rt->init_memfd = sl_sandbox_load_init(init_path);
     if (rt->init_memfd < 0) {
         sl_error("cannot load sandlot-init from %s: %s", init_path, strerror(-rt->init_memfd));

@@ -11,10 +11,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/statvfs.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Write text to /proc/<pid>/<file> in one write (the kernel parses a map
@@ -61,6 +64,47 @@ int sl_userns_map(pid_t pid, const char **what)
     *what = "gid_map";
     snprintf(map, sizeof(map), "0 %u 1\n", (unsigned)getegid());
     return write_proc(pid, "gid_map", map);
+}
+
+int sl_userns_probe(char *why, size_t whylen)
+{
+    struct utsname u;
+    int major = 0, minor = 0, st = 0;
+    pid_t pid;
+
+    if (uname(&u) == 0 && sscanf(u.release, "%d.%d", &major, &minor) == 2 &&
+        (major < 5 || (major == 5 && minor < 11))) {
+        snprintf(why, whylen, "Linux %s cannot mount overlayfs in a user namespace (needs 5.11+)",
+                 u.release);
+        return -ENOSYS;
+    }
+    /* In a child: a user namespace cannot be left again. */
+    pid = fork();
+    if (pid < 0) {
+        snprintf(why, whylen, "fork: %s", strerror(errno));
+        return -errno;
+    }
+    if (pid == 0)
+        _exit(unshare(CLONE_NEWUSER) < 0 ? (errno & 0xff ? errno & 0xff : 1) : 0);
+    while (waitpid(pid, &st, 0) < 0) {
+        if (errno != EINTR) {
+            snprintf(why, whylen, "waitpid: %s", strerror(errno));
+            return -errno;
+        }
+    }
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return 0;
+    {
+        int err = WIFEXITED(st) ? WEXITSTATUS(st) : EIO;
+
+        snprintf(why, whylen,
+                 "the kernel refuses this user a user namespace (unshare: %s); rootless mode "
+                 "needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
+                 "kernel.unprivileged_userns_clone = 1 where it exists, no AppArmor or seccomp "
+                 "rule against them), or run sandlotd as root",
+                 strerror(err));
+        return -err;
+    }
 }
 
 unsigned long sl_userns_locked_flags(const char *path)

@@ -11,6 +11,7 @@
 #ifndef SL_USERNS_H
 #define SL_USERNS_H
 
+#include <stddef.h>
 #include <sys/types.h>
 
 /* Write /proc/<pid>/setgroups ("deny": an unprivileged writer may map its
@@ -18,6 +19,14 @@
  * freshly cloned child pid, mapping 0 inside to the caller's euid/egid.
  * Returns 0 or -errno; *what names the file that failed. */
 int sl_userns_map(pid_t pid, const char **what);
+
+/* Can this process give sandboxes a user namespace? Forks a child that
+ * tries unshare(CLONE_NEWUSER) (refused where unprivileged user namespaces
+ * are switched off: user.max_user_namespaces=0, Debian's
+ * kernel.unprivileged_userns_clone=0, an AppArmor restriction, a seccomp
+ * filter), and checks for Linux 5.11+ (overlayfs in a user namespace).
+ * Returns 0, or -errno with why saying what is missing. */
+int sl_userns_probe(char *why, size_t whylen);
 
 /* The mount flags (MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY and the atime
  * ones) a bind remount of path must keep: inside a user namespace, flags
