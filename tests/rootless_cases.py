@@ -165,6 +165,23 @@ def test_without_user_namespaces_the_runner_says_so_at_start(tmp_path):
     assert not (tmp_path / "s.sock").exists()
 
 
+def test_a_terminated_sandbox_leaves_nothing_in_the_state_dir(session, runner):
+    # Deleting a host file makes overlayfs use its work dir, whose "work"
+    # subdir it leaves at mode 000: the runner, without CAP_DAC_OVERRIDE,
+    # must still remove it all.
+    sb = Sandbox.create(["sleep", "60"], session=session)
+    assert sh(sb, "rm /etc/hostname && echo x > /etc/new && mkdir /var/lib/sl-new")[0] == 0
+    box_dir = runner.state_dir / "sandboxes" / sb.sandbox_id
+    assert box_dir.is_dir()
+    sb.terminate()
+    for _ in range(1000):
+        if not box_dir.exists():
+            break
+        time.sleep(0.01)
+    assert not box_dir.exists(), sorted(str(p) for p in box_dir.rglob("*"))
+    assert "background removal" not in runner.log_file.read_text()
+
+
 def test_kill_and_timeout_work_without_a_cgroup(session):
     # No cgroup: terminate and the timeout kill init, and the pid namespace
     # takes every other process with it.

@@ -330,7 +330,9 @@ static int make_dir_overlay(ctx *c, const char *rel, size_t i, int *mfd)
     }
     if (used < sizeof(lower))
         used += (size_t)snprintf(lower + used, sizeof(lower) - used, "/%s", rel);
-    if (used >= sizeof(lower) || strpbrk(rel, ",:\\")) {
+    if (strpbrk(rel, ":\\"))
+        goto out; /* lowerdir's separators in a host name: that dir is shown empty */
+    if (used >= sizeof(lower)) {
         err = fail(c, E2BIG, "overlay options for /%s", rel);
         goto out;
     }
