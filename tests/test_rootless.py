@@ -114,6 +114,9 @@ DELEGATED_CASES = [
 ]
 ALL_CASES = CORE_CASES + [c for c in _rootless_case_names() if c not in DELEGATED_CASES]
 
+#: Passed on to the unprivileged run (`./dev asan`).
+_SANITIZER_ENV = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
+
 #: Pure-Python modules the unprivileged pytest needs besides sandlot.
 _MODULES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py", "pytest_timeout", "cloudpickle")
 
@@ -279,6 +282,8 @@ def prepared() -> Iterator[Prepared]:
             "SANDLOT_TEST_HOST_DIR": str(host),
             "SANDLOT_ROOTLESS_PROBE": str(probe),
         }
+        # Under `./dev asan` the extension needs the sanitizer runtime preloaded.
+        env.update({k: v for k, v in os.environ.items() if k in _SANITIZER_ENV})
         plugins = ["-p", "pytest_timeout", "--timeout", "300"] if (py / "pytest_timeout.py").exists() else []
         yield Prepared(work, env, [_interpreter(), "-m", "pytest", "-q", *plugins])
     finally:
