@@ -8,8 +8,10 @@ limits that cannot be enforced without a delegated cgroup are reported as
 such and refused; timeouts and terminate still kill everything.
 
 Environment (set by tests/test_rootless.py):
-    SANDLOT_ROOTLESS_PROBE   a root-owned 0600 file on the host image
-    SANDLOT_TEST_HOST_DIR    a directory on the host image this user owns
+    SANDLOT_ROOTLESS_PROBE      a root-owned 0600 file on the host image
+    SANDLOT_TEST_HOST_DIR       a directory on the host image this user owns
+    SANDLOT_ROOTLESS_DELEGATED  (second pass only) the cgroup2 directory given
+                                to this user, which the run was started in
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from conftest import client_env
 
 
 def sh(sb: Sandbox, cmd: str) -> tuple[int, str, str]:
+    """Run cmd with /bin/sh in sb: (exit code, stdout, stderr)."""
     p = sb.exec(["/bin/sh", "-c", cmd])
     out, err = p.stdout.read(), p.stderr.read()
     return p.wait(), out, err
