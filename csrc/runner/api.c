@@ -135,7 +135,7 @@ static void h_health(sl_req *r)
     sl_runner *rt = r->rt;
     sl_resp resp;
     sl_resp_init(&resp);
-    sl_r_map(&resp, 8);
+    sl_r_map(&resp, 10);
     sl_r_kbool(&resp, "ok", 1);
     sl_r_kstr(&resp, "version", SL_VERSION);
     sl_r_kstr(&resp, "runner_id", rt->runner_id);
@@ -143,6 +143,9 @@ static void h_health(sl_req *r)
     sl_r_kstr(&resp, "cgroup", sl_cgroup_mode_name(sl_cgroup_detect()));
     sl_r_kint(&resp, "sandboxes", (int64_t)rt->nvisible);
     sl_r_kfloat(&resp, "uptime", sl_mono() - rt->started_at);
+    /* Rootless: sandboxes run in a user namespace, uid 0 inside = this uid. */
+    sl_r_kbool(&resp, "rootless", rt->userns);
+    sl_r_kint(&resp, "uid", (int64_t)geteuid());
     sl_r_str(&resp, "limits"); /* which resources limits this host enforces */
     sl_limits_pack_health(&resp);
     sl_reply(r, 200, &resp);

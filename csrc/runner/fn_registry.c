@@ -295,6 +295,15 @@ static int parse_fn(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err 
         msgpack_sbuffer_destroy(&sb);
         if (f->opts == NULL)
             return sl_err_set(e, 500, "out of memory");
+        /* Resources this runner cannot enforce (a rootless one without a
+         * delegated cgroup) fail the registration, not every later call. */
+        sl_box *probe = calloc(1, sizeof(*probe));
+        if (probe == NULL)
+            return sl_err_set(e, 500, "out of memory");
+        int rc = sl_limits_from_opts(probe, f->opts, f->opts_len, e);
+        free(probe);
+        if (rc < 0)
+            return -1;
     }
     /* S3 buckets every worker mounts (s3.c); kept apart from the echoed options. */
     return sl_s3_pack(body, &f->s3, &f->s3_len, e);

@@ -340,6 +340,7 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         .n_masks = nmasks,
         .limits = sl_limits_cgroup(b),
         .disk_bytes = b->disk_bytes,
+        .userns = rt->userns,
     };
     char errbuf[512] = "";
     int src = sl_sandbox_spawn(&cfg, &b->sbx, errbuf, sizeof(errbuf));

@@ -110,9 +110,50 @@ static int parse_map(sl_box *b, const msgpack_object *res, const char *field, sl
     return 0;
 }
 
+/* The limits this runner can enforce: SL_CG_LIMIT_* bits, plus disk (a
+ * tmpfs the runner mounts: root only). */
+#define LIMIT_DISK 0x100u
+
+static unsigned enforceable(void)
+{
+    return sl_cgroup_enforceable() | (geteuid() == 0 ? LIMIT_DISK : 0);
+}
+
+/* A limit asked for that this host cannot enforce is refused up front (400
+ * naming it) rather than ignored: a sandbox must never run believing it is
+ * capped when it is not. The usual cause is a rootless runner without a
+ * delegated cgroup (docs/security.md). */
+static int check_enforceable(const sl_box *b, const char *field, sl_err *e)
+{
+    unsigned bits = enforceable();
+    const char *what = NULL;
+
+    if (b->limits.memory_bytes && !(bits & SL_CG_LIMIT_MEMORY))
+        what = "memory";
+    else if (b->limits.pids && !(bits & SL_CG_LIMIT_PIDS))
+        what = "pids";
+    else if (b->limits.cpu_quota_us && !(bits & SL_CG_LIMIT_CPU))
+        what = "cpu";
+    else if (b->disk_bytes && !(bits & LIMIT_DISK))
+        what = "disk";
+    if (!what)
+        return 0;
+    return sl_err_set(
+        e, 400,
+        "field '%s.%s': this runner cannot enforce a %s limit (%s); "
+        "`sandlot runner status` lists the limits it enforces",
+        field, what, what,
+        strcmp(what, "disk") == 0 ? "the disk cap is a tmpfs only a root runner can mount"
+        : geteuid() != 0
+            ? "it is not root and has no writable delegated cgroup with that controller"
+            : "no writable cgroup hierarchy has that controller");
+}
+
 int sl_limits_parse(sl_box *b, const msgpack_object *body, sl_err *e)
 {
-    return parse_map(b, sl_msg_field(body, "resources"), "resources", e);
+    if (parse_map(b, sl_msg_field(body, "resources"), "resources", e) < 0)
+        return -1;
+    return check_enforceable(b, "resources", e);
 }
 
 int sl_limits_from_opts(sl_box *b, const char *opts, size_t len, sl_err *e)
@@ -130,6 +171,8 @@ int sl_limits_from_opts(sl_box *b, const char *opts, size_t len, sl_err *e)
     }
     if (up.data.type == MSGPACK_OBJECT_MAP)
         rc = parse_map(b, sl_msg_field(&up.data, "resources"), "options.resources", e);
+    if (rc == 0)
+        rc = check_enforceable(b, "options.resources", e);
     msgpack_unpacked_destroy(&up);
     return rc;
 }
@@ -210,13 +253,12 @@ void sl_limits_pack(sl_resp *r, const sl_box *b)
 
 void sl_limits_pack_health(sl_resp *r)
 {
-    unsigned bits = sl_cgroup_enforceable();
+    unsigned bits = enforceable();
 
     sl_r_map(r, 5);
     sl_r_kbool(r, "memory", (bits & SL_CG_LIMIT_MEMORY) != 0);
     sl_r_kbool(r, "pids", (bits & SL_CG_LIMIT_PIDS) != 0);
     sl_r_kbool(r, "cpu", (bits & SL_CG_LIMIT_CPU) != 0);
-    /* The disk cap is a tmpfs mounted by the runner: it needs to be root. */
-    sl_r_kbool(r, "disk", geteuid() == 0);
+    sl_r_kbool(r, "disk", (bits & LIMIT_DISK) != 0);
     sl_r_kbool(r, "gpu", 0);
 }

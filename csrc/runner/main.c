@@ -21,6 +21,7 @@
 #include "sl_common.h"
 #include "sl_log.h"
 #include "sl_runner.h"
+#include "sl_userns.h"
 
 #define DEFAULT_MAX_SANDBOXES 1000
 
@@ -402,6 +403,9 @@ int main(int argc, char **argv)
     rt->init_memfd = -1;
     rt->lock_fd = -1;
     rt->max_sandboxes = o.max_sandboxes;
+    /* Rootless mode: without root the runner cannot mount, so each sandbox
+     * gets a user namespace in which it can (docs/architecture.md). */
+    rt->userns = geteuid() != 0;
     rt->retention = o.retention;
     rt->snap_storage = o.snap_storage;
     int rc = sl_log_open(o.log_file, o.level);
@@ -470,6 +474,15 @@ int main(int argc, char **argv)
     }
     if (sl_store_init(rt) < 0)
         goto out;
+    if (rt->userns) {
+        char why[512];
+
+        /* Better one clear error now than a failed clone at every create. */
+        if (sl_userns_probe(why, sizeof(why)) < 0) {
+            sl_error("cannot run rootless: %s", why);
+            goto out;
+        }
+    }
     rt->init_memfd = sl_sandbox_load_init(init_path);
     if (rt->init_memfd < 0) {
         sl_error("cannot load sandlot-init from %s: %s", init_path, strerror(-rt->init_memfd));
@@ -496,8 +509,9 @@ int main(int argc, char **argv)
             goto out;
         pid_written = 1;
     }
-    sl_info("sandlotd %s ready (runner %s, pid %d, state %s, init %s)", SL_VERSION, rt->runner_id,
-            (int)getpid(), rt->state_dir, init_path);
+    sl_info("sandlotd %s ready (runner %s, pid %d, state %s, init %s%s)", SL_VERSION, rt->runner_id,
+            (int)getpid(), rt->state_dir, init_path,
+            rt->userns ? ", rootless: sandboxes get a user namespace" : "");
     sl_log_echo_stderr(0);
     if (notify >= 0) {
         detach_stdio();

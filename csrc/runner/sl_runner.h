@@ -240,6 +240,7 @@ typedef struct sl_runner {
     char *token; /* TCP bearer token */
     size_t token_len;
     int init_memfd;
+    int userns; /* not root: every sandbox gets a user namespace (rootless mode) */
     char runner_id[24];
     double started_at;
     int shutting_down;

@@ -729,7 +729,10 @@ static int freeze_after_pass1(sl_runner *rt, snap_job *j, int status)
         if (rc != -ENOTSUP)
             thaw(rt, j->box_id); /* undo a half-done freeze */
         snprintf(why, sizeof(why), "cannot freeze the sandbox for a consistent copy: %s",
-                 rc == -ENOTSUP ? "no cgroup freezer on this host" : strerror(-rc));
+                 rc != -ENOTSUP ? strerror(-rc)
+                 : rt->userns ? "no cgroup freezer (a rootless runner freezes through a delegated "
+                                "cgroup, and has none)"
+                              : "no cgroup freezer on this host");
         finish(rt, j, why, 500);
         return -1;
     }

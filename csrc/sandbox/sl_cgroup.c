@@ -12,6 +12,8 @@
  */
 #include "sl_cgroup.h"
 
+#include "sl_mountinfo.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -40,23 +42,6 @@ static struct {
     cg_base base[SL_CG_MAX_PATHS];
 } layout;
 static pthread_once_t layout_once = PTHREAD_ONCE_INIT;
-
-/* Undo mountinfo's octal escapes (\040 for a space) in place. */
-static void unescape(char *s)
-{
-    char *w = s;
-
-    for (char *r = s; *r;) {
-        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
-            r[3] >= '0' && r[3] <= '7') {
-            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-            r += 4;
-        } else {
-            *w++ = *r++;
-        }
-    }
-    *w = '\0';
-}
 
 /* Is word one of the comma-separated items of list? */
 static int has_item(const char *list, const char *word)
@@ -157,8 +142,8 @@ static void detect_layout(void)
             fields[i++] = t;
         if (i < 5)
             continue;
-        unescape(fields[3]);
-        unescape(fields[4]);
+        sl_mountinfo_unescape(fields[3]);
+        sl_mountinfo_unescape(fields[4]);
         if (strcmp(fstype, "cgroup2") == 0) {
             if (have_v2)
                 continue;
@@ -281,6 +266,10 @@ int sl_cgroup_create(sl_cgroup *cg, const char *id)
             goto fail;
         }
         if (mkdir(path, 0755) < 0) {
+            /* "sandlot" exists but is not ours (a root runner made it, and this
+             * one is rootless): skipped like an unwritable hierarchy. */
+            if (errno == EACCES || errno == EPERM || errno == EROFS)
+                continue;
             /* Ids are random, so an existing dir is a leftover of a runner that
              * crashed; it is empty unless its processes are still alive. */
             if (errno != EEXIST || rmdir(path) < 0 || mkdir(path, 0755) < 0)

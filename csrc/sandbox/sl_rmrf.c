@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -98,6 +99,30 @@ static int is_mount(const rm_state *s, const struct statx *sx)
     return makedev(sx->stx_dev_major, sx->stx_dev_minor) != s->dev;
 }
 
+/* A directory we own but may not read (overlayfs leaves its work dir's
+ * "work" at mode 000, and a runner that is not root has no CAP_DAC_OVERRIDE):
+ * give ourselves rwx on exactly that inode. Opened O_PATH (which needs no
+ * permission on it) and checked against the identity statx saw, and chmod'ed
+ * through the fd, so a name swapped for a symlink meanwhile changes nothing. */
+static int unlock_dir(int fd, const char *name, dev_t dev, ino_t ino)
+{
+    char path[64];
+    struct stat st;
+    int pfd, rc = -1;
+
+    if (geteuid() == 0)
+        return -1; /* root reads it anyway: EACCES means something else */
+    pfd = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (pfd < 0)
+        return -1;
+    if (fstat(pfd, &st) == 0 && st.st_dev == dev && st.st_ino == ino && st.st_uid == geteuid()) {
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", pfd);
+        rc = chmod(path, 0700);
+    }
+    close(pfd);
+    return rc;
+}
+
 /* One pass over the directory at fd: unlink files, rmdir empty dirs. Returns
  * 1 with *child set to an fd of a non-empty subdirectory to enter, 0 when the
  * pass is complete (*skipped says whether anything was left behind), -1 to
@@ -164,6 +189,8 @@ static int scan(rm_state *s, int fd, int *child, int *skipped)
             struct stat st;
 
             cfd = openat(fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (cfd < 0 && errno == EACCES && unlock_dir(fd, de->d_name, dev, sx.stx_ino) == 0)
+                cfd = openat(fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (cfd >= 0 && fstat(cfd, &st) == 0 && st.st_dev == dev && st.st_ino == sx.stx_ino) {
                 if (vec_push(&s->stack, dev, sx.stx_ino) < 0) {
                     note(s, ENOMEM);

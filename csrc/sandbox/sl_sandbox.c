@@ -15,16 +15,21 @@
  * /proc/self/fd path, so a symlink in an image or an upper dir (a snapshot of
  * what untrusted code wrote) can never redirect a mount onto the host.
  *
- * Rootless mode (later): add CLONE_NEWUSER to the clone flags, have the parent
- * write uid_map/gid_map (or run newuidmap) before it writes "go", and replace
- * the sysfs mount with an rbind; everything else here already avoids mknod
- * (device nodes are bind-mounted) and needs no host privileges beyond the
- * namespace's own.
+ * Rootless mode (cfg->userns): CLONE_NEWUSER joins the clone flags, so the
+ * new user namespace owns all the others; the parent writes the one-id
+ * uid/gid maps (sl_userns.c) and sends "u" before the child touches any
+ * file, since until then the child's ids are unmapped and it could create
+ * nothing. Mounts copied from the host are locked in there: the host image
+ * is assembled by sl_hostroot.c, overlays carry "userxattr", bind remounts
+ * keep the flags they inherited, and mknod falls back to binds of the host's
+ * device nodes.
  */
 #include "sl_sandbox.h"
 
 #include "sl_ctl.h"
+#include "sl_hostroot.h"
 #include "sl_seccomp.h"
+#include "sl_userns.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -96,7 +101,7 @@ static const char *const readonly_paths[] = {"/proc/bus", "/proc/fs", "/proc/irq
 
 /* Device nodes of the sandbox's /dev: made with mknod (the sandbox's own
  * inodes, so a chmod inside changes nothing outside, and no mount each), or,
- * where mknod is not allowed (a rootless runner, later), read-only binds of
+ * where mknod is not allowed (a rootless runner), read-only binds of
  * the host's nodes. */
 static const char *const dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
 
@@ -116,6 +121,7 @@ typedef struct child_ctx {
     int parent_fds[2]; /* the parent's ends, closed first thing */
     int emptyfd;       /* O_PATH fd of the first read-only empty tmpfs mask, or -1 */
     int nullfd;        /* O_PATH fd of the sandbox's /dev/null, or -1 */
+    int userns;        /* in a user namespace (cfg->userns) */
 } child_ctx;
 
 /* ---------------------------------------------------------------- helpers */
@@ -296,6 +302,10 @@ static void child_remount(const child_ctx *c, const char *path, unsigned long fl
     if (fd < 0)
         child_die(c, -fd, "remount %s", path);
     proc_fd_path(target, sizeof(target), fd);
+    /* In a user namespace a bind keeps the host mount's flags locked, and a
+     * remount that would drop one is EPERM: keep them (they only restrict). */
+    if (c->userns)
+        flags |= sl_userns_locked_flags(target);
     if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | flags, NULL) < 0)
         child_die(c, errno, "remount %s", path);
     close(fd);
@@ -416,8 +426,10 @@ static void child_mask_fd(child_ctx *c, int fd, const char *path, enum mask_kind
             flags |= MS_RDONLY | MS_NOEXEC;
             snprintf(opts, sizeof(opts), "mode=555,size=4k");
         } else {
+            /* In a user namespace the host's owner (root) is not mapped:
+             * the sandbox's own root owns its empty home instead. */
             snprintf(opts, sizeof(opts), "mode=%o,uid=%u,gid=%u", (unsigned)(st.st_mode & 07777),
-                     (unsigned)st.st_uid, (unsigned)st.st_gid);
+                     c->userns ? 0U : (unsigned)st.st_uid, c->userns ? 0U : (unsigned)st.st_gid);
         }
         if (mount("tmpfs", target, "tmpfs", flags, opts) < 0)
             child_die(c, errno, "mask %s", path);
@@ -537,7 +549,8 @@ static void mount_layers(const child_ctx *c, const char *upper, const char *work
     if (mount("tmpfs", empty, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
               "size=4k,mode=755") < 0)
         child_die(c, errno, "mount tmpfs on %s", empty);
-    if ((size_t)snprintf(opts, sizeof(opts), "lowerdir=%s:%s", empty, cfg->rootfs) >= sizeof(opts))
+    if ((size_t)snprintf(opts, sizeof(opts), "lowerdir=%s:%s%s", empty, cfg->rootfs,
+                         c->userns ? ",userxattr" : "") >= sizeof(opts))
         child_die(c, ENAMETOOLONG, "overlay options for %s", base);
     if (mount("overlay", base, "overlay", MS_RDONLY, opts) < 0)
         child_die(c, errno, "mount base overlay of %s on %s", cfg->rootfs, base);
@@ -553,7 +566,9 @@ static void mount_layers(const child_ctx *c, const char *upper, const char *work
     if (!err) {
         int mfd = -1;
 
-        if (fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0 ||
+        /* userxattr: trusted.* xattrs need CAP_SYS_ADMIN on the host. */
+        if ((c->userns && fsconfig(fs, FSCONFIG_SET_FLAG, "userxattr", NULL, 0) < 0) ||
+            fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0 ||
             fsconfig(fs, FSCONFIG_SET_STRING, "workdir", work, 0) < 0 ||
             fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0 ||
             (mfd = fsmount(fs, FSMOUNT_CLOEXEC, 0)) < 0 ||
@@ -572,8 +587,8 @@ static void mount_layers(const child_ctx *c, const char *upper, const char *work
         used += (size_t)snprintf(opts + used, sizeof(opts) - used, "%s%s", i ? ":" : "",
                                  i < cfg->n_layers ? cfg->layers[i] : base);
     if (used < sizeof(opts))
-        used += (size_t)snprintf(opts + used, sizeof(opts) - used, ",upperdir=%s,workdir=%s", upper,
-                                 work);
+        used += (size_t)snprintf(opts + used, sizeof(opts) - used, ",upperdir=%s,workdir=%s%s",
+                                 upper, work, c->userns ? ",userxattr" : "");
     if (used >= sizeof(opts))
         child_die(c, E2BIG, "overlay options for %zu layers", cfg->n_layers + 1);
     if (mount("overlay", root, "overlay", 0, opts) < 0)
@@ -599,11 +614,23 @@ static void child_build_root(child_ctx *c)
         child_die(c, errno, "mkdir %s", work);
     if (mkdir(root, 0755) < 0 && errno != EEXIST)
         child_die(c, errno, "mkdir %s", root);
-    if (cfg->n_layers > 0) {
+    if (c->userns && strcmp(cfg->rootfs, "/") == 0) {
+        sl_hostroot h = {.dir = cfg->dir,
+                         .root = root,
+                         .layers = cfg->layers,
+                         .n_layers = cfg->n_layers,
+                         .excluded = cfg->masks,
+                         .n_excluded = cfg->n_masks};
+        char what[256];
+        int err = sl_hostroot_mount(&h, what, sizeof(what));
+
+        if (err < 0)
+            child_die(c, -err, "host image root: %s", what);
+    } else if (cfg->n_layers > 0) {
         mount_layers(c, upper, work, root);
     } else {
-        snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", cfg->rootfs, upper,
-                 work);
+        snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s%s", cfg->rootfs, upper,
+                 work, c->userns ? ",userxattr" : "");
         if (mount("overlay", root, "overlay", 0, opts) < 0)
             child_die(c, errno, "mount overlay on %s", root);
     }
@@ -716,6 +743,15 @@ __attribute__((noreturn)) static void child_main(child_ctx *c)
     if (c->ctlfd < 0 || c->memfd < 0)
         child_die(c, errno, "dup");
 
+    if (c->userns) {
+        /* Our ids are unmapped (overflow) until the parent wrote the maps:
+         * creating a file or mounting with them fails. */
+        do
+            n = recv(c->syncfd, &go, 1, 0);
+        while (n < 0 && errno == EINTR);
+        if (n != 1 || go != 'u')
+            _exit(1); /* the parent gave up; it reports its own error */
+    }
     child_build_root(c);
 
     /* Wait until the parent has put us into the sandbox cgroup. */
@@ -914,6 +950,11 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
     /* The size-capped writable layer: a tmpfs on dir before the child makes
      * upper/ and work/ in it. Mounted here, in the runner's namespace, so the
      * runner (snapshots, files) sees the same upper dir as the overlay. */
+    if (cfg->disk_bytes && cfg->userns) {
+        fmt_err(errbuf, errlen, EPERM, "a disk limit needs a root runner (it mounts a tmpfs)");
+        err = EPERM;
+        goto fail_fds;
+    }
     if (cfg->disk_bytes) {
         char opts[64];
 
@@ -935,7 +976,9 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
      * into the runner's own wakeup pipe); init resets the mask itself. */
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    pid = clone_ns(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS, &pidfd);
+    pid = clone_ns(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
+                       (cfg->userns ? CLONE_NEWUSER : 0),
+                   &pidfd);
     if (pid == 0) {
         child_ctx c = {.cfg = cfg,
                        .syncfd = sync[1],
@@ -944,7 +987,8 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
                        .rootfd = -1,
                        .parent_fds = {sv[0], sync[0]},
                        .emptyfd = -1,
-                       .nullfd = -1};
+                       .nullfd = -1,
+                       .userns = cfg->userns};
         child_main(&c);
     }
     err = errno;
@@ -956,6 +1000,19 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
     close(sv[1]);
     close(sync[1]);
     sv[1] = sync[1] = -1;
+    if (cfg->userns) {
+        const char *what = "uid_map";
+        char m[64];
+
+        err = -sl_userns_map(pid, &what);
+        if (!err && send(sync[0], "u", 1, MSG_NOSIGNAL) != 1 && errno != EPIPE)
+            err = errno ? errno : EIO; /* EPIPE: the child died; its report says why */
+        if (err) {
+            snprintf(m, sizeof(m), "write %s of the sandbox's user namespace", what);
+            fmt_err(errbuf, errlen, err, m);
+            goto fail_child;
+        }
+    }
 
     err = -sl_cgroup_create(&out->cg, cfg->id);
     if (err) {

@@ -1,8 +1,8 @@
 /* sl_sandbox.h - create one sandbox: namespaces, overlay root, cgroup, init.
  *
  * Used by sandlotd. sl_sandbox_spawn() clone()s a child in new PID, mount,
- * network, IPC and UTS namespaces (a user namespace for rootless runners is
- * planned: see the CLONE_NEWUSER note in sl_sandbox.c), joins
+ * network, IPC and UTS namespaces (and a user namespace owning them all with
+ * cfg->userns, for rootless runners: see the note in sl_sandbox.c), joins
  * it to the sandbox's cgroup, builds the root:
  *   overlayfs(lower = rootfs, upper = <dir>/upper, work = <dir>/work) at
  *   <dir>/root, then /proc, a minimal /dev, read-only /sys, fresh tmpfs on
@@ -61,6 +61,10 @@ typedef struct sl_sandbox_config {
                                        filesystem; else dir gets a tmpfs of this size first
                                        (mounted in the caller's mount namespace, so upper/
                                        stays readable there), a full layer is ENOSPC inside */
+    int userns;                     /* 1: a user namespace too, uid/gid 0 inside = the caller's
+                                       euid/egid (rootless runner; sl_userns.h); the host image
+                                       is then built by sl_hostroot_mount, and disk_bytes is
+                                       refused (mounting the tmpfs needs root) */
 } sl_sandbox_config;
 
 typedef struct sl_sandbox {

@@ -127,8 +127,14 @@ def _cmd_runner_status(args: argparse.Namespace) -> int:
     _out(f"runner_id: {h.get('runner_id')}")
     _out(f"version:   {h.get('version')}")
     _out(f"cgroup:    {h.get('cgroup')}")
+    if h.get("rootless"):
+        _out(f"mode:      rootless (user namespace: uid 0 inside = uid {h.get('uid')} outside)")
+    elif "rootless" in h:
+        _out("mode:      root")
     lim = h.get("limits") or {}
-    _out("limits:    " + (", ".join(f"{k} {'enforced' if v else 'NOT enforceable'}" for k, v in lim.items()) or "unknown"))
+    _out("limits:    " + (", ".join(f"{k} {'enforced' if v else 'NOT enforced'}" for k, v in lim.items()) or "unknown"))
+    if lim and not all(v for k, v in lim.items() if k != "gpu"):
+        _out("           (a sandbox asking for a limit that is NOT enforced is refused; docs/security.md)")
     _out(f"sandboxes: {h.get('sandboxes')}")
     _out(f"uptime:    {_age(float(h.get('uptime') or 0))}")
     if s.embedded and s.runtime_paths is not None:

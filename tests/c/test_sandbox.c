@@ -1115,6 +1115,68 @@ static void test_dir_image(int memfd)
     sl_rm_rf(img);
 }
 
+/* A user namespace from a root caller (uid 0 maps to 0): not a security
+ * boundary by itself, but the same code path as a rootless runner's, here
+ * under the sanitizers: the host image assembled by sl_hostroot.c, userxattr
+ * overlays, locked-flag remounts, and the disk cap refused. */
+static void test_userns_sandbox(int memfd)
+{
+    char dir[] = "/tmp/sl-userns-XXXXXX", errbuf[256], out[4096], probe[128];
+    sl_sandbox sb;
+
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    sl_sandbox_config cfg = {
+        .id = "sb-userns", .rootfs = "/", .dir = dir, .init_memfd = memfd, .userns = 1};
+
+    cfg.disk_bytes = 1 << 20;
+    CHECK(sl_sandbox_spawn(&cfg, &sb, errbuf, sizeof(errbuf)) == -EPERM &&
+              strstr(errbuf, "root runner"),
+          "disk cap in a user namespace: %s", errbuf);
+    cfg.disk_bytes = 0;
+    if (sl_sandbox_spawn(&cfg, &sb, errbuf, sizeof(errbuf)) != 0) {
+        CHECK(0, "userns spawn: %s", errbuf);
+        sl_rm_rf(dir);
+        return;
+    }
+    CHECK(sh(&sb, 1, "tr -s ' ' < /proc/self/uid_map", out, sizeof(out)) == 0 &&
+              strcmp(out, " 0 0 1\n") == 0,
+          "uid_map: '%s'", out);
+    CHECK(sh(&sb, 2, "tr '\\0' ' ' < /proc/1/cmdline; hostname; ls /usr/bin/sh /etc/passwd", out,
+             sizeof(out)) == 0 &&
+              strcmp(out, "sandlot-init sb-userns\n/etc/passwd\n/usr/bin/sh\n") == 0,
+          "init, hostname and the host image: '%s'", out);
+    /* Writes land in the upper dir, laid out as with one overlay of "/". */
+    snprintf(probe, sizeof(probe), "/etc/sl-userns-probe-%d", (int)getpid());
+    {
+        char cmd[512];
+
+        snprintf(cmd, sizeof(cmd), "echo in > %s && cat %s && mkdir /sl-top && ls -d /sl-top",
+                 probe, probe);
+        CHECK(sh(&sb, 3, cmd, out, sizeof(out)) == 0 && strcmp(out, "in\n/sl-top\n") == 0,
+              "writes inside: '%s'", out);
+    }
+    CHECK(!exists(probe), "a write inside reached the host: %s", probe);
+    {
+        char up[PATH_MAX];
+
+        snprintf(up, sizeof(up), "%s/upper%s", dir, probe);
+        CHECK(exists(up), "not in the upper dir: %s", up);
+        snprintf(up, sizeof(up), "%s/upper/sl-top", dir);
+        CHECK(exists(up), "not in the upper dir: %s", up);
+    }
+    /* The usual walls stand: read-only /proc/sys, masked secrets, no mount. */
+    CHECK(sh(&sb, 4,
+             "! echo 1 > /proc/sys/kernel/ctrl-alt-del 2>/dev/null && "
+             "[ ! -s /etc/shadow ] && ! mount -t tmpfs x /mnt 2>/dev/null && echo walls",
+             out, sizeof(out)) == 0 &&
+              strcmp(out, "walls\n") == 0,
+          "walls: '%s'", out);
+    teardown(&sb, dir, 1);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -1229,6 +1291,7 @@ int main(int argc, char **argv)
     test_spawn_failures(memfd);
     test_dir_image(memfd);
     test_freezer_kill(memfd);
+    test_userns_sandbox(memfd);
     if (cycles > 0)
         bench(memfd, cycles);
     CHECK(count_fds() == fds_before, "fd leak over the sandbox tests: %d -> %d", fds_before,

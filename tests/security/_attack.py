@@ -19,6 +19,14 @@ import pytest
 
 from sandlot import Sandbox
 
+def host_tmp_base() -> str:
+    """Where tests make directories on the host's root filesystem (which sandboxes
+    on the host image see through the overlay, unlike /tmp): /var/lib, or
+    ``$SANDLOT_TEST_HOST_DIR``, which tests/test_rootless.py points at a
+    directory its unprivileged user may write."""
+    return os.environ.get("SANDLOT_TEST_HOST_DIR") or "/var/lib"
+
+
 EPERM = errno.EPERM
 ENOSYS = errno.ENOSYS
 SIGSYS = 31

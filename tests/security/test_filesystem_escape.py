@@ -18,14 +18,14 @@ import pytest
 
 import sandlot
 from sandlot import Image, Sandbox, SandboxError, Volume
-from _attack import attack, file_digest, run, sh
+from _attack import attack, file_digest, host_tmp_base, run, sh
 
 
 @pytest.fixture
 def host_dir():
     """A directory on the host's root filesystem (not /tmp or /var/tmp, which
     are fresh tmpfs inside), so the sandbox sees it through the overlay."""
-    d = Path(tempfile.mkdtemp(prefix="sandlot-sec-", dir="/var/lib"))
+    d = Path(tempfile.mkdtemp(prefix="sandlot-sec-", dir=host_tmp_base()))
     try:
         yield d
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sandlot import Sandbox, Session
 from conftest import start_runner, stop
-from _attack import EPERM, attack, run, sh
+from _attack import EPERM, attack, host_tmp_base, run, sh
 
 
 # Prefix of every script that signals "everything": it only goes on when it
@@ -145,7 +145,7 @@ def test_runner_socket_is_unreachable(session, runner):
     # The test runner's socket and a second runner whose socket, state and log
     # live on the host's root filesystem (visible through the overlay unless
     # masked).
-    base = Path(tempfile.mkdtemp(prefix="sandlot-sec-", dir="/var/lib"))
+    base = Path(tempfile.mkdtemp(prefix="sandlot-sec-", dir=host_tmp_base()))
     second = start_runner(base)
     try:
         with Session(second.url) as s2:
