@@ -248,10 +248,12 @@ def test_fork_bomb_stops_at_the_pids_limit(session, runner, other):
 
 
 def test_fork_bomb_sandbox_is_killable_mid_bomb(session, other):
-    # The classic shell bomb; the entry shell then waits, so the sandbox lives
-    # on until terminate (the entry command's end would end it).
+    # The classic shell bomb; the entry shell then becomes a sleep, so the
+    # sandbox lives on until terminate (the entry command's end would end it).
+    # `exec`, not a fork: once the bomb holds every pid a fork fails, and dash
+    # exits on "Cannot fork".
     sb = Sandbox.create(
-        ["sh", "-c", "b() { b | b & }; b; sleep 60"], timeout=60, session=session, resources={"pids": 32}
+        ["sh", "-c", "b() { b | b & }; b; exec sleep 60"], timeout=60, session=session, resources={"pids": 32}
     )
     try:
         time.sleep(1.0)
