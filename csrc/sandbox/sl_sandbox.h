@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include "sl_cgroup.h"
+#include "sl_net.h"
 
 typedef struct sl_bind {
     const char *host_path;    /* absolute path on the host */
@@ -61,17 +62,23 @@ typedef struct sl_sandbox_config {
                                        filesystem; else dir gets a tmpfs of this size first
                                        (mounted in the caller's mount namespace, so upper/
                                        stays readable there), a full layer is ENOSPC inside */
+    const sl_net_config *net;       /* NULL: only lo (the default, nothing else is done). Else
+                                       a veth pair: host_if on the host with host_addr, eth0
+                                       inside with sandbox_addr and a default route via
+                                       host_addr (sl_net.h); filtering is the caller's */
 } sl_sandbox_config;
 
 typedef struct sl_sandbox {
-    pid_t init_pid; /* host pid of sandlot-init (a child of the caller) */
-    int ctl_fd;     /* runner end of the control channel, O_CLOEXEC|O_NONBLOCK */
-    int pidfd;      /* pidfd of init (O_CLOEXEC; readable once init exited), or -1 on
-                       kernels without clone3; kill goes through it so a reused pid
-                       is never hit. Only meaningful while init_pid > 0 */
-    sl_cgroup cg;   /* the sandbox's cgroup(s) */
-    char *disk_mnt; /* the size-capped tmpfs on cfg->dir (disk_bytes), unmounted by
-                       sl_sandbox_release, or NULL */
+    pid_t init_pid;        /* host pid of sandlot-init (a child of the caller) */
+    int ctl_fd;            /* runner end of the control channel, O_CLOEXEC|O_NONBLOCK */
+    int pidfd;             /* pidfd of init (O_CLOEXEC; readable once init exited), or -1 on
+                              kernels without clone3; kill goes through it so a reused pid
+                              is never hit. Only meaningful while init_pid > 0 */
+    sl_cgroup cg;          /* the sandbox's cgroup(s) */
+    char *disk_mnt;        /* the size-capped tmpfs on cfg->dir (disk_bytes), unmounted by
+                              sl_sandbox_release, or NULL */
+    char net_if[IFNAMSIZ]; /* host side of the veth pair, deleted by sl_sandbox_release;
+                              "" without one */
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at
@@ -96,7 +103,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
 void sl_sandbox_kill(sl_sandbox *sb);
 
 /* After init was reaped: remove the cgroup(s), close ctl_fd and pidfd, detach
- * the disk tmpfs. The per-sandbox dir is removed by the caller (sl_rm_rf).
+ * the disk tmpfs, delete the veth pair. The per-sandbox dir is removed by the caller (sl_rm_rf).
  * Safe to call twice. */
 void sl_sandbox_release(sl_sandbox *sb);
 
