@@ -60,6 +60,7 @@ void sl_box_end(sl_box *b, enum sl_bstatus why)
     if (b->timer != NULL)
         evtimer_del(b->timer);
     sl_info("sandbox %s ending (%s)", b->id, sl_box_status_name(why));
+    sl_net_stop(b); /* tunnels close now, not when init is reaped */
     if (b->alive)
         sl_sandbox_kill(&b->sbx);
 }

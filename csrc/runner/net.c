@@ -679,6 +679,42 @@ int sl_net_spawned(sl_box *b, sl_err *e)
     return sl_tunnels_open(b, n->cfg.sandbox_addr, n->ports, n->nports, &n->tunnels, e);
 }
 
+static void drop_elements(sl_box *b)
+{
+    sl_netbox *n = b->net;
+    sl_netstate *ns = b->rt->net;
+
+    if (n->in_nft && ns != NULL && ns->ready) {
+        char *cmd = elements(ns, n, "delete"), err[256];
+
+        if (cmd == NULL || nft_run(ns, cmd, err, sizeof(err)) != 0)
+            sl_warn("sandbox %s: cannot remove its nftables elements: %s", b->id,
+                    cmd == NULL ? "out of memory" : err);
+        free(cmd);
+    }
+    n->in_nft = 0;
+}
+
+void sl_net_stop(sl_box *b)
+{
+    if (b->net == NULL)
+        return;
+    sl_tunnels_close(&b->net->tunnels);
+    /* The pair goes first, so no packet of a sandbox that is still dying
+     * passes once its interface leaves the sets: terminate returns with the
+     * veth and the rules gone. */
+    if (b->sbx.net_if[0]) {
+        int rc = sl_net_link_del(b->sbx.net_if);
+
+        if (rc < 0) {
+            sl_warn("sandbox %s: delete %s: %s", b->id, b->sbx.net_if, strerror(-rc));
+            return; /* keep the elements: filtered until init is reaped */
+        }
+        b->sbx.net_if[0] = '\0';
+    }
+    drop_elements(b);
+}
+
 void sl_net_release(sl_box *b)
 {
     sl_netbox *n = b->net;
@@ -687,20 +723,13 @@ void sl_net_release(sl_box *b)
     if (n == NULL)
         return;
     sl_tunnels_close(&n->tunnels);
+    /* The caller deleted the pair (sl_sandbox_release) or it never existed. */
+    drop_elements(b);
     if (ns != NULL) {
         unlock(ns, n);
-        if (n->in_nft && ns->ready) {
-            char *cmd = elements(ns, n, "delete"), err[256];
-
-            if (cmd == NULL || nft_run(ns, cmd, err, sizeof(err)) != 0)
-                sl_warn("sandbox %s: cannot remove its nftables elements: %s", b->id,
-                        cmd == NULL ? "out of memory" : err);
-            free(cmd);
-        }
         if (n->slot >= 0 && (size_t)n->slot < ns->nslots)
             ns->used[n->slot] = 0;
     }
-    n->in_nft = 0;
     n->slot = -1;
 }
 

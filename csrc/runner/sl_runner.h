@@ -193,6 +193,7 @@ int sl_net_from_opts(sl_box *b, const char *opts, size_t len, sl_err *e); /* wor
 int sl_net_prepare(sl_box *b, sl_err *e);
 const sl_net_config *sl_net_config_of(const sl_box *b); /* NULL: lo only */
 int sl_net_spawned(sl_box *b, sl_err *e);               /* after spawn: unlock, open the tunnels */
+void sl_net_stop(sl_box *b);    /* the sandbox is ending: close its tunnels */
 void sl_net_release(sl_box *b); /* tunnels, nft elements, address; idempotent */
 void sl_net_free(sl_box *b);
 void sl_net_pack(sl_resp *r, const sl_box *b); /* SandboxInfo "network" */
