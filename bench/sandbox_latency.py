@@ -6,7 +6,9 @@ bwrap round: `bwrap --unshare-all --die-with-parent --ro-bind / / --proc /proc
 --dev /dev --tmpfs /tmp true`, the floor for "new namespaces + run a process".
 
 Usage: python bench/sandbox_latency.py [--rounds 200] [--json]
-Prints p50/p99 for both and the ratio sandlot_p50 / bwrap_p50 (target: <= 3).
+Prints p50/p99 for both and the ratio sandlot_p50 / bwrap_p50 (target: <= 3),
+then the same sandlot round with ``network={"egress": "all"}`` (veth pair,
+address, nftables elements; no packet is sent).
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ def pct(xs: list[float], p: float) -> float:
     return xs[k]
 
 
-def bench_sandlot(rounds: int) -> list[float]:
+def bench_sandlot(rounds: int, **create: object) -> list[float]:
     import sandlot
 
     # Warm up: start the runner and the connection.
-    with sandlot.Sandbox.create() as sb:
+    with sandlot.Sandbox.create(**create) as sb:
         sb.exec(["true"]).wait()
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        sb = sandlot.Sandbox.create()
+        sb = sandlot.Sandbox.create(**create)
         rc = sb.exec(["true"]).wait()
         sb.terminate()
         out.append(time.perf_counter() - t0)
@@ -63,12 +65,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     # Interleave in blocks so machine noise hits both sides alike.
-    s, b = [], []
+    s, b, net = [], [], []
     block = max(1, args.rounds // 10)
     while len(s) < args.rounds:
         n = min(block, args.rounds - len(s))
         s += bench_sandlot(n)
         b += bench_bwrap(n)
+        net += bench_sandlot(n, network={"egress": "all"})
     res = {
         "rounds": args.rounds,
         "sandlot_p50_ms": pct(s, 50) * 1e3,
@@ -77,6 +80,8 @@ def main() -> None:
         "bwrap_p50_ms": pct(b, 50) * 1e3,
         "bwrap_p99_ms": pct(b, 99) * 1e3,
         "bwrap_mean_ms": statistics.mean(b) * 1e3,
+        "egress_all_p50_ms": pct(net, 50) * 1e3,
+        "egress_all_p99_ms": pct(net, 99) * 1e3,
     }
     res["ratio_p50"] = res["sandlot_p50_ms"] / res["bwrap_p50_ms"]
     if args.json:
@@ -86,6 +91,7 @@ def main() -> None:
     print(f"  sandlot  p50 {res['sandlot_p50_ms']:7.2f} ms   p99 {res['sandlot_p99_ms']:7.2f} ms")
     print(f"  bwrap    p50 {res['bwrap_p50_ms']:7.2f} ms   p99 {res['bwrap_p99_ms']:7.2f} ms")
     print(f"  ratio sandlot/bwrap p50: {res['ratio_p50']:.2f}x (target <= 3x)")
+    print(f"  sandlot with egress='all'  p50 {res['egress_all_p50_ms']:7.2f} ms   p99 {res['egress_all_p99_ms']:7.2f} ms")
 
 
 if __name__ == "__main__":

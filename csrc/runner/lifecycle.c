@@ -148,7 +148,7 @@ void sl_box_init_reaped(sl_box *b, int st)
      * kernel killed everything in the pid namespace when init died. */
     sl_box_finalise(b);
     sl_limits_box_reaped(b);
-    sl_sandbox_release(&b->sbx); /* deletes the veth pair before the address is freed */
+    sl_sandbox_release(&b->sbx);
     sl_net_release(b);
     sl_s3_release(b); /* unmount before the dir is removed */
     if (b->dir_made) {

@@ -1169,13 +1169,10 @@ void sl_sandbox_release(sl_sandbox *sb)
     if (!sb)
         return;
     sl_cgroup_destroy(&sb->cg);
-    /* Deleting one end deletes both. The namespace dying with init would
-     * do it too, but later (the kernel's cleanup_net runs in a workqueue):
-     * explicitly, so the name and address are free when release returns. */
-    if (sb->net_if[0]) {
-        (void)sl_net_link_del(sb->net_if);
-        sb->net_if[0] = '\0';
-    }
+    /* The veth pair goes with the network namespace, which dies with init
+     * (the kernel's cleanup_net, a workqueue): deleting it here would cost
+     * the caller an RCU grace period (~18 ms) for nothing. */
+    sb->net_if[0] = '\0';
     /* Detach: the kernel frees the tmpfs once the last user (a lingering
      * copy in a snapshot job, say) lets go; the caller then removes dir. */
     if (sb->disk_mnt) {

@@ -77,8 +77,8 @@ typedef struct sl_sandbox {
     sl_cgroup cg;          /* the sandbox's cgroup(s) */
     char *disk_mnt;        /* the size-capped tmpfs on cfg->dir (disk_bytes), unmounted by
                               sl_sandbox_release, or NULL */
-    char net_if[IFNAMSIZ]; /* host side of the veth pair, deleted by sl_sandbox_release;
-                              "" without one */
+    char net_if[IFNAMSIZ]; /* host side of the veth pair ("" without one); the pair goes
+                              with the sandbox's network namespace once init is gone */
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at
@@ -103,7 +103,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
 void sl_sandbox_kill(sl_sandbox *sb);
 
 /* After init was reaped: remove the cgroup(s), close ctl_fd and pidfd, detach
- * the disk tmpfs, delete the veth pair. The per-sandbox dir is removed by the caller (sl_rm_rf).
+ * the disk tmpfs. The per-sandbox dir is removed by the caller (sl_rm_rf).
  * Safe to call twice. */
 void sl_sandbox_release(sl_sandbox *sb);
 
