@@ -97,11 +97,6 @@ static void cidr_str(const sl_cidr *c, char *buf, size_t len)
     snprintf(buf, len, "%s/%d", a, c->len);
 }
 
-static uint32_t mask_of(int len)
-{
-    return len <= 0 ? 0 : htonl(len >= 32 ? 0xffffffffu : ~(0xffffffffu >> len));
-}
-
 /* "a.b.c.d" or "a.b.c.d/n": 1 parsed, 0 not an IPv4 literal, -1 bad prefix. */
 static int parse_cidr(const char *s, sl_cidr *out)
 {
@@ -125,7 +120,7 @@ static int parse_cidr(const char *s, sl_cidr *out)
             return -1;
         len = (int)v;
     }
-    out->addr = in.s_addr & mask_of(len);
+    out->addr = in.s_addr & sl_net_mask(len);
     out->len = len;
     return 1;
 }
@@ -169,7 +164,7 @@ static void normalise(sl_netbox *n)
         for (size_t j = 0; j < n->ncidrs && !covered; j++) {
             const sl_cidr *a = &n->cidrs[i], *b = &n->cidrs[j];
 
-            if (i == j || b->len > a->len || (a->addr & mask_of(b->len)) != b->addr)
+            if (i == j || b->len > a->len || (a->addr & sl_net_mask(b->len)) != b->addr)
                 continue;
             /* b covers a; of two equal ones keep the first. */
             covered = b->len < a->len || j < i;
@@ -363,19 +358,13 @@ int sl_net_parse(sl_box *b, const msgpack_object *body, sl_err *e)
 int sl_net_from_opts(sl_box *b, const char *opts, size_t len, sl_err *e)
 {
     msgpack_unpacked up;
-    int rc = 0;
+    const msgpack_object *net;
+    int rc = sl_msg_stored_field(opts, len, "network", &up, &net, e);
 
-    if (opts == NULL || len == 0)
-        return 0;
-    msgpack_unpacked_init(&up);
-    if (msgpack_unpack_next(&up, opts, len, NULL) != MSGPACK_UNPACK_SUCCESS) {
-        msgpack_unpacked_destroy(&up);
-        return sl_err_set(e, 500, "stored function options are not msgpack");
-    }
     /* Workers get the egress policy; their ports would have no caller to
      * hand the tunnels to, so they are not opened (docs/protocol.md). */
-    if (up.data.type == MSGPACK_OBJECT_MAP)
-        rc = parse_into(b, sl_msg_field(&up.data, "network"), NULL, "options.network", e);
+    if (rc == 0)
+        rc = parse_into(b, net, NULL, "options.network", e);
     msgpack_unpacked_destroy(&up);
     return rc;
 }

@@ -156,7 +156,7 @@ static void set_sin(struct sockaddr *sa, uint32_t addr)
     memcpy(sa, &sin, sizeof(sin));
 }
 
-static uint32_t mask_of(int prefix)
+uint32_t sl_net_mask(int prefix)
 {
     return prefix <= 0 ? 0 : htonl(prefix >= 32 ? 0xffffffffu : ~(0xffffffffu >> prefix));
 }
@@ -178,7 +178,7 @@ int sl_net_if_setup(const char *ifname, uint32_t addr, int prefix, const char **
     *what = "set address";
     if (ioctl(fd, SIOCSIFADDR, &ifr) < 0)
         goto fail;
-    set_sin(&ifr.ifr_netmask, mask_of(prefix));
+    set_sin(&ifr.ifr_netmask, sl_net_mask(prefix));
     *what = "set netmask";
     if (ioctl(fd, SIOCSIFNETMASK, &ifr) < 0)
         goto fail;
@@ -220,7 +220,7 @@ int sl_net_default_route(uint32_t gw)
 static int overlaps(uint32_t a, int alen, uint32_t b, int blen)
 {
     int len = alen < blen ? alen : blen;
-    uint32_t m = mask_of(len);
+    uint32_t m = sl_net_mask(len);
 
     return (a & m) == (b & m);
 }

@@ -25,6 +25,9 @@ typedef struct sl_net_config {
     int prefix;             /* both ends are in one prefix (a /30) */
 } sl_net_config;
 
+/* The netmask of a prefix length, network byte order (0 for 0). */
+uint32_t sl_net_mask(int prefix);
+
 /* Create the pair: ifname on the host, peer_if inside the network namespace
  * of pid. 0 or -errno (-EEXIST: the host name is taken). */
 int sl_net_veth_create(const char *ifname, pid_t pid, const char *peer_if);
