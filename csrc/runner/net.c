@@ -441,7 +441,9 @@ int sl_net_init(sl_runner *rt, const char *pool)
         return -1;
     rt->net = ns;
     ns->lock_fd = -1;
-    if (parse_cidr(pool != NULL ? pool : SL_NET_POOL_DEFAULT, &c) != 1 || c.len < 8 || c.len > 28) {
+    if (pool == NULL)
+        pool = SL_NET_POOL_DEFAULT;
+    if (parse_cidr(pool, &c) != 1 || c.len < 8 || c.len > 28) {
         sl_error("--net-pool must be an IPv4 CIDR with a prefix of 8..28, got %s", pool);
         return -1;
     }
@@ -484,8 +486,7 @@ int sl_net_init(sl_runner *rt, const char *pool)
                 ns->why);
     } else {
         ns->ready = 1;
-        sl_info("nftables table inet %s ready (address pool %s)", ns->table,
-                pool != NULL ? pool : SL_NET_POOL_DEFAULT);
+        sl_info("nftables table inet %s ready (address pool %s)", ns->table, pool);
     }
     free(cmd);
     return 0;

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import threading
@@ -493,14 +494,19 @@ def gone(ifname: str, addr: str | None) -> None:
 def test_terminate_timeout_and_runner_stop_leave_nothing_behind(tmp_path: Path, session: sandlot.Session) -> None:
     # terminate
     sb = Sandbox.create(network={"egress": "all"}, ports=[8000], session=session)
-    info = sb.info().network
-    assert len(leftovers(host_if(sb), info["gateway"])) >= 5  # link, address, set elements
-    sb.terminate()
+    try:
+        info = sb.info().network
+        assert len(leftovers(host_if(sb), info["gateway"])) >= 5  # link, address, set elements
+    finally:
+        sb.terminate()
     gone(host_if(sb), info["gateway"])
     # timeout
     sb = Sandbox.create(network={"egress": ["10.202.0.0/24"]}, timeout=1, session=session)
-    info = sb.info().network
-    assert sb.wait(timeout=30) == -9
+    try:
+        info = sb.info().network
+        assert sb.wait(timeout=30) == -9
+    finally:
+        sb.terminate()
     gone(host_if(sb), info["gateway"])
     # runner stop: its table goes too
     base = tmp_path / "r"
@@ -514,7 +520,8 @@ def test_terminate_timeout_and_runner_stop_leave_nothing_behind(tmp_path: Path, 
         infos = [x.info().network for x in sbs]
         s.close()
     finally:
-        stop(r)
+        stop(r)  # kills what it still runs
+        shutil.rmtree(base, ignore_errors=True)
     assert r.proc.returncode == 0
     assert table not in sh("nft list tables")
     for x, i in zip(sbs, infos):
