@@ -384,6 +384,25 @@ def test_allow_list_lets_through_only_what_it_names(
         assert info is None and "Network is unreachable" in got
 
 
+def test_concurrent_creates_get_distinct_addresses(tcp_runner: TcpRunner, ext_host: ExtHost) -> None:
+    async def main() -> list[Sandbox]:
+        return list(await asyncio.gather(*[
+            Sandbox.create.aio(network={"egress": [ext_host.cidr]}, timeout=120, session=tcp_runner.session)
+            for _ in range(6)
+        ]))
+
+    sbs = asyncio.run(main())
+    try:
+        infos = [sb.info().network for sb in sbs]
+        assert len({i["address"] for i in infos}) == 6 and len({i["gateway"] for i in infos}) == 6
+        assert all(probe(sb, ext_host.addr, ext_host.port) == "OK:ext-ok" for sb in sbs[:2])
+    finally:
+        for sb in sbs:
+            sb.terminate()
+    for sb, i in zip(sbs, infos):
+        gone(host_if(sb), i["gateway"])
+
+
 def test_function_workers_get_the_network_policy(tcp_runner: TcpRunner, ext_host: ExtHost) -> None:
     opened = RemoteFunction(reach, session=tcp_runner.session, network=NetworkOptions(egress="all"), max_workers=1)
     closed = RemoteFunction(reach, session=tcp_runner.session, max_workers=1)
