@@ -7,11 +7,11 @@
  * lo. Otherwise the sandbox gets eth0 = the pool's /30 ".2", default route via
  * the host side ".1", and its host-side interface name goes into the sets of
  * the runner's table `inet sandlot_<hash of the state dir>` (one runner per
- * state dir, so a runner that crashed is replaced by the next one on the same
- * dir, which recreates the table). The rules are fixed at runner start; per
- * sandbox only set elements are added and removed, one atomic nft
- * transaction each, through libnftables in-process (no child process on the
- * create path):
+ * state dir; the table's comment names its runner, and a starting runner
+ * deletes the tables of runners that are gone, see sweep_stale). The rules
+ * are fixed at runner start; per sandbox only set elements are added (one
+ * transaction through libnftables in-process, before the pair exists) and
+ * removed (an nft child once init is reaped, see drop_elements):
  *
  *   input:   from a sandbox, only replies to connections the host opened
  *            (the tunnels) reach the host itself: the runner's TCP port, the
@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,6 +392,7 @@ static const char TABLE_FMT[] =
     "add table inet %1$s\n"
     "delete table inet %1$s\n"
     "table inet %1$s {\n"
+    "  comment \"sandlotd %2$d %3$llu\"\n"
     "  set ifaces { type ifname; }\n"
     "  set addrs { type ifname . ipv4_addr; }\n"
     "  set egress_all { type ifname; }\n"
@@ -429,6 +431,86 @@ static uint32_t fnv(const char *s)
         h *= 16777619u;
     }
     return h;
+}
+
+/* The start time of pid (clock ticks since boot, /proc/<pid>/stat field 22),
+ * or 0 if it is gone: with the pid it names one process for good. */
+static unsigned long long proc_start(pid_t pid)
+{
+    char path[64], buf[1024];
+    unsigned long long start = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "re");
+    if (f == NULL)
+        return 0;
+    if (fgets(buf, sizeof(buf), f) != NULL) {
+        const char *p = strrchr(buf, ')'); /* comm may hold spaces and ')' */
+
+        /* After ") ": state is field 3, starttime field 22. */
+        if (p == NULL ||
+            sscanf(p + 2,
+                   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d "
+                   "%*d %llu",
+                   &start) != 1)
+            start = 0;
+    }
+    fclose(f);
+    return start;
+}
+
+/* pid no longer exists, or is another process now (pid reuse). */
+static int runner_gone(pid_t pid, unsigned long long start)
+{
+    unsigned long long now;
+
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return 1;
+    now = proc_start(pid);
+    return now != 0 && now != start;
+}
+
+/* Delete the tables of runners that died without removing theirs (SIGKILL,
+ * a crash): each table names its runner (pid and start time) in its
+ * comment. Tables without that comment are left alone. */
+static void sweep_stale(sl_netstate *ns)
+{
+    char *names = NULL, *save = NULL, cmd[96];
+    const char *out;
+    size_t n = 0;
+
+    if (nft_run(ns, "list tables inet", NULL, 0) != 0 ||
+        (out = nft_ctx_get_output_buffer(ns->nft)) == NULL || (names = strdup(out)) == NULL)
+        return;
+    for (char *line = strtok_r(names, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        char t[32], err[256];
+        const char *c;
+        int pid;
+        unsigned long long start;
+
+        if (sscanf(line, "table inet %31s", t) != 1 || strncmp(t, "sandlot_", 8) != 0 ||
+            strcmp(t, ns->table) == 0)
+            continue;
+        snprintf(cmd, sizeof(cmd), "list table inet %s", t);
+        if (nft_run(ns, cmd, NULL, 0) != 0 || (out = nft_ctx_get_output_buffer(ns->nft)) == NULL ||
+            (c = strstr(out, "comment \"sandlotd ")) == NULL ||
+            sscanf(c, "comment \"sandlotd %d %llu\"", &pid, &start) != 2)
+            continue;
+        /* Only a runner that is certainly gone: deleting a live runner's
+         * table would leave its sandboxes unfiltered. */
+        if (pid <= 0 || start == 0 || !runner_gone(pid, start))
+            continue;
+        snprintf(cmd, sizeof(cmd), "delete table inet %s", t);
+        if (nft_run(ns, cmd, err, sizeof(err)) == 0)
+            n++;
+        else
+            sl_warn("cannot delete the stale table inet %s: %s", t, err);
+    }
+    free(names);
+    if (n > 0)
+        sl_info("deleted %zu nftables table(s) of runners that are gone", n);
 }
 
 int sl_net_init(sl_runner *rt, const char *pool)
@@ -479,7 +561,8 @@ int sl_net_init(sl_runner *rt, const char *pool)
         sl_warn("networking unavailable: %s", ns->why);
         return 0;
     }
-    if (asprintf(&cmd, TABLE_FMT, ns->table) < 0)
+    sweep_stale(ns);
+    if (asprintf(&cmd, TABLE_FMT, ns->table, (int)getpid(), proc_start(getpid())) < 0)
         return -1;
     if (nft_run(ns, cmd, ns->why, sizeof(ns->why)) != 0) {
         sl_warn("networking unavailable: cannot create nftables table inet %s: %s", ns->table,

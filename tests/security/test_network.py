@@ -545,3 +545,31 @@ def test_terminate_timeout_and_runner_stop_leave_nothing_behind(tmp_path: Path, 
     assert table not in sh("nft list tables")
     for x, i in zip(sbs, infos):
         gone(host_if(x), i["gateway"])
+
+
+def test_a_killed_runners_table_is_swept_by_the_next_runner(tmp_path: Path) -> None:
+    dead, alive = tmp_path / "dead", tmp_path / "alive"
+    dead.mkdir(mode=0o700)
+    alive.mkdir(mode=0o700)
+    r = start_runner(dead)
+    try:
+        s = sandlot.Session(r.url)
+        table = s.health()["network"]["table"]
+        s.close()
+    finally:
+        r.proc.kill()  # no chance to delete its table
+        r.proc.wait(20)
+    r2 = None
+    try:
+        assert table in sh("nft list tables")
+        r2 = start_runner(alive)  # another state dir: another table, and a sweep
+        assert table not in sh("nft list tables")
+        s = sandlot.Session(r2.url)
+        assert s.health()["network"]["table"] in sh("nft list tables")  # its own stays
+        s.close()
+    finally:
+        if r2 is not None:
+            stop(r2)
+        sh(f"nft delete table inet {table}", check=False)
+        shutil.rmtree(dead, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
