@@ -1,8 +1,8 @@
 """Build sandlot: the ``sandlot._core`` extension and the runner binaries.
 
 ``pip install .`` (or ``pip install -e .``) compiles, with the system's
-libcurl, msgpack-c, libevent and libseccomp (Debian: libcurl4-openssl-dev,
-libmsgpack-dev, libevent-dev, libseccomp-dev):
+libcurl, msgpack-c, libevent, libseccomp and libnftables (Debian: libcurl4-openssl-dev,
+libmsgpack-dev, libevent-dev, libseccomp-dev, libnftables-dev):
 
 * ``sandlot._core``  - ext/*.c + csrc/{codec,transport}/*.c
 * ``sandlot/_bin/sandlotd``     - the runner daemon, csrc/runner + csrc/sandbox + csrc/codec
@@ -38,7 +38,7 @@ CORE_INCLUDES = ["csrc/common", "csrc/codec", "csrc/transport", "ext"]
 
 RUNNER_SOURCES = rel("csrc/runner/*.c") + [p for p in rel("csrc/sandbox/*.c") if not p.endswith("init.c")] + rel("csrc/codec/*.c")
 INIT_SOURCES = rel("csrc/sandbox/init.c") + rel("csrc/sandbox/sl_ctl.c")
-RUNNER_LIBS = ["event_core", "event_extra", "msgpackc", "seccomp", "m"]
+RUNNER_LIBS = ["event_core", "event_extra", "msgpackc", "seccomp", "nftables", "m"]
 
 
 class BuildWithBinaries(build_ext):

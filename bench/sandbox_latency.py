@@ -9,7 +9,9 @@ bwrap round: `bwrap --unshare-all --die-with-parent --ro-bind / / --proc /proc
 --dev /dev --tmpfs /tmp true`, the floor for "new namespaces + run a process".
 
 Usage: python bench/sandbox_latency.py [--rounds 200] [--json]
-Prints p50/p99 for the three and the ratios to bwrap's p50 (target: <= 3).
+Prints p50/p99 for sandlot, sandlot with limits and bwrap, the ratios to bwrap's
+p50 (target: <= 3), then the same sandlot round with ``network={"egress": "all"}`` (veth pair,
+address, nftables elements; no packet is sent).
 """
 
 from __future__ import annotations
@@ -32,16 +34,16 @@ def pct(xs: list[float], p: float) -> float:
 LIMITS = {"cpu": 1.0, "memory": "256Mi", "pids": 256, "disk": "256Mi"}
 
 
-def bench_sandlot(rounds: int, resources: dict | None = None) -> list[float]:
+def bench_sandlot(rounds: int, **create: object) -> list[float]:
     import sandlot
 
     # Warm up: start the runner and the connection.
-    with sandlot.Sandbox.create(resources=resources) as sb:
+    with sandlot.Sandbox.create(**create) as sb:
         sb.exec(["true"]).wait()
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        sb = sandlot.Sandbox.create(resources=resources)
+        sb = sandlot.Sandbox.create(**create)
         rc = sb.exec(["true"]).wait()
         sb.terminate()
         out.append(time.perf_counter() - t0)
@@ -70,13 +72,14 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     # Interleave in blocks so machine noise hits both sides alike.
-    s, lim, b = [], [], []
+    s, lim, b, net = [], [], [], []
     block = max(1, args.rounds // 10)
     while len(s) < args.rounds:
         n = min(block, args.rounds - len(s))
         s += bench_sandlot(n)
-        lim += bench_sandlot(n, LIMITS)
+        lim += bench_sandlot(n, resources=LIMITS)
         b += bench_bwrap(n)
+        net += bench_sandlot(n, network={"egress": "all"})
     res = {
         "rounds": args.rounds,
         "sandlot_p50_ms": pct(s, 50) * 1e3,
@@ -87,6 +90,8 @@ def main() -> None:
         "bwrap_p50_ms": pct(b, 50) * 1e3,
         "bwrap_p99_ms": pct(b, 99) * 1e3,
         "bwrap_mean_ms": statistics.mean(b) * 1e3,
+        "egress_all_p50_ms": pct(net, 50) * 1e3,
+        "egress_all_p99_ms": pct(net, 99) * 1e3,
     }
     res["ratio_p50"] = res["sandlot_p50_ms"] / res["bwrap_p50_ms"]
     res["limits_ratio_p50"] = res["limits_p50_ms"] / res["bwrap_p50_ms"]
@@ -100,6 +105,7 @@ def main() -> None:
     print(f"  ratio sandlot/bwrap p50: {res['ratio_p50']:.2f}x, with limits {res['limits_ratio_p50']:.2f}x "
           "(target <= 3x)")
     print(f"  limits add {res['limits_p50_ms'] - res['sandlot_p50_ms']:+.2f} ms to p50")
+    print(f"  sandlot with egress='all'  p50 {res['egress_all_p50_ms']:7.2f} ms   p99 {res['egress_all_p99_ms']:7.2f} ms")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ static const route routes[] = {
     {EVHTTP_REQ_POST, "/v1/sandboxes/*/procs/*/signal", sl_h_signal},
     {EVHTTP_REQ_POST, "/v1/sandboxes/*/files/read", sl_h_file_read},
     {EVHTTP_REQ_POST, "/v1/sandboxes/*/files/write", sl_h_file_write},
+    {EVHTTP_REQ_GET, "/v1/sandboxes/*/tunnels", sl_h_tunnels},
     {EVHTTP_REQ_GET, "/v1/images", sl_h_images},
     {EVHTTP_REQ_POST, "/v1/images", sl_h_image_add},
     {EVHTTP_REQ_POST, "/v1/images/*/delete", sl_h_image_delete},
@@ -135,7 +136,7 @@ static void h_health(sl_req *r)
     sl_runner *rt = r->rt;
     sl_resp resp;
     sl_resp_init(&resp);
-    sl_r_map(&resp, 10);
+    sl_r_map(&resp, 11);
     sl_r_kbool(&resp, "ok", 1);
     sl_r_kstr(&resp, "version", SL_VERSION);
     sl_r_kstr(&resp, "runner_id", rt->runner_id);
@@ -148,5 +149,7 @@ static void h_health(sl_req *r)
     sl_r_kint(&resp, "uid", (int64_t)geteuid());
     sl_r_str(&resp, "limits"); /* which resources limits this host enforces */
     sl_limits_pack_health(&resp);
+    sl_r_str(&resp, "network"); /* nftables table and address pool (net.c) */
+    sl_net_pack_health(&resp, rt);
     sl_reply(r, 200, &resp);
 }

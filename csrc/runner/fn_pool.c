@@ -421,6 +421,7 @@ static int spawn_worker(sl_fn *f, sl_err *e)
     b->nenv = f->nenv;
     /* The function's resources bind each of its workers. */
     if (sl_limits_from_opts(b, f->opts, f->opts_len, e) < 0 ||
+        sl_net_from_opts(b, f->opts, f->opts_len, e) < 0 ||
         sl_s3_from_raw(b, f->s3, f->s3_len, e) < 0) {
         sl_s3_release(b);
         sl_box_free(b);

@@ -60,6 +60,7 @@ void sl_box_end(sl_box *b, enum sl_bstatus why)
     if (b->timer != NULL)
         evtimer_del(b->timer);
     sl_info("sandbox %s ending (%s)", b->id, sl_box_status_name(why));
+    sl_net_stop(b); /* tunnels close now, not when init is reaped */
     if (b->alive)
         sl_sandbox_kill(&b->sbx);
 }
@@ -148,6 +149,7 @@ void sl_box_init_reaped(sl_box *b, int st)
     sl_box_finalise(b);
     sl_limits_box_reaped(b);
     sl_sandbox_release(&b->sbx);
+    sl_net_release(b);
     sl_s3_release(b); /* unmount before the dir is removed */
     if (b->dir_made) {
         b->dir_made = 0;
@@ -250,7 +252,7 @@ static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
         return sl_err_set(e, 400, "field 'workdir' must be an absolute path, got '%.200s'",
                           b->workdir);
     if (sl_msg_num(body, "timeout", SL_TIMEOUT_DEFAULT, SL_TIMEOUT_DEFAULT, &b->timeout, e) < 0 ||
-        sl_limits_parse(b, body, e) < 0)
+        sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0)
         return -1;
     if (!(b->timeout > 0) || b->timeout > SL_TIMEOUT_MAX)
         return sl_err_set(e, 400, "field 'timeout' must be > 0 and <= %.0f seconds, got %g",
@@ -342,6 +344,9 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         .disk_bytes = b->disk_bytes,
         .userns = rt->userns,
     };
+    if (sl_net_prepare(b, e) < 0)
+        goto out;
+    cfg.net = sl_net_config_of(b);
     char errbuf[512] = "";
     int src = sl_sandbox_spawn(&cfg, &b->sbx, errbuf, sizeof(errbuf));
     if (src < 0) {
@@ -351,8 +356,22 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
     }
     b->alive = 1;
     rt->nalive++;
+    if (sl_net_spawned(b, e) < 0) {
+        /* Nothing runs in it yet and nobody knows its id: kill and reap it
+         * here, as a failed spawn would have. */
+        int st;
+        sl_sandbox_kill(&b->sbx);
+        while (waitpid(b->sbx.init_pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        sl_sandbox_release(&b->sbx);
+        b->alive = 0;
+        rt->nalive--;
+        goto out;
+    }
     rc = 0;
 out:
+    if (rc < 0 && !b->alive)
+        sl_net_release(b); /* a live one is released when init is reaped */
     if (rc < 0)
         sl_s3_release(b); /* before any rm -rf of the dir can reach a bucket */
     free(rootfs);
@@ -581,6 +600,7 @@ void sl_lifecycle_shutdown(sl_runner *rt)
         rt->nalive--;
         sl_ctl_drain(b);
         sl_sandbox_release(&b->sbx);
+        sl_net_release(b);
     }
     while (rt->first != NULL) {
         sl_box *b = rt->first;

@@ -159,18 +159,11 @@ int sl_limits_parse(sl_box *b, const msgpack_object *body, sl_err *e)
 int sl_limits_from_opts(sl_box *b, const char *opts, size_t len, sl_err *e)
 {
     msgpack_unpacked up;
-    int rc = 0;
+    const msgpack_object *res;
+    int rc = sl_msg_stored_field(opts, len, "resources", &up, &res, e);
 
-    if (opts == NULL || len == 0)
-        return 0;
-    msgpack_unpacked_init(&up);
-    /* Stored by the runner itself (fn_registry.c) from a checked body. */
-    if (msgpack_unpack_next(&up, opts, len, NULL) != MSGPACK_UNPACK_SUCCESS) {
-        msgpack_unpacked_destroy(&up);
-        return sl_err_set(e, 500, "stored function options are not msgpack");
-    }
-    if (up.data.type == MSGPACK_OBJECT_MAP)
-        rc = parse_map(b, sl_msg_field(&up.data, "resources"), "options.resources", e);
+    if (rc == 0)
+        rc = parse_map(b, res, "options.resources", e);
     if (rc == 0)
         rc = check_enforceable(b, "options.resources", e);
     msgpack_unpacked_destroy(&up);

@@ -3,6 +3,7 @@
  *   sandlotd --socket PATH --state-dir DIR [--init PATH] [--listen HOST:PORT]
  *            [--token-file FILE] [--log-file FILE] [--log-level LEVEL]
  *            [--pidfile FILE] [--max-sandboxes N] [--retention SECONDS] [--daemon]
+ *            [--net-pool CIDR]
  *   sandlotd --version
  */
 #include <errno.h>
@@ -33,6 +34,7 @@ typedef struct opts {
     const char *token_file;
     const char *log_file;
     const char *pidfile;
+    const char *net_pool;
     enum sl_log_level level;
     size_t max_sandboxes;
     double retention;
@@ -42,12 +44,15 @@ typedef struct opts {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: sandlotd --socket PATH --state-dir DIR [--init PATH]\n"
-               "                [--listen HOST:PORT] [--token-file FILE] [--log-file FILE]\n"
-               "                [--log-level debug|info|warn|error] [--pidfile FILE]\n"
-               "                [--max-sandboxes N] [--retention SECONDS] [--daemon]\n"
-               "                [--snapshot-storage auto|erofs|dir]\n"
-               "       sandlotd --version\n");
+    fprintf(f,
+            "usage: sandlotd --socket PATH --state-dir DIR [--init PATH]\n"
+            "                [--listen HOST:PORT] [--token-file FILE] [--log-file FILE]\n"
+            "                [--log-level debug|info|warn|error] [--pidfile FILE]\n"
+            "                [--max-sandboxes N] [--retention SECONDS] [--daemon]\n"
+            "                [--snapshot-storage auto|erofs|dir]\n"
+            "                [--net-pool CIDR]   (sandbox addresses, default " SL_NET_POOL_DEFAULT
+            ")\n"
+            "       sandlotd --version\n");
 }
 
 /* Absolute version of path (the daemon chdirs to /). */
@@ -97,6 +102,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"retention", required_argument, NULL, 'r'},
         {"snapshot-storage", required_argument, NULL, 'S'},
         {"daemon", no_argument, NULL, 'D'},
+        {"net-pool", required_argument, NULL, 'n'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -169,6 +175,9 @@ static int parse_args(int argc, char **argv, opts *o)
             break;
         case 'D':
             o->daemon = 1;
+            break;
+        case 'n':
+            o->net_pool = optarg;
             break;
         case 'V':
             printf("sandlotd %s\n", SL_VERSION);
@@ -357,6 +366,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
         rt->bound_tcp = NULL;
     }
     sl_lifecycle_shutdown(rt);
+    sl_net_shutdown(rt); /* after every sandbox's elements are gone */
     sl_jobs_shutdown(rt);
     sl_store_shutdown(rt);
     /* Give the answers to held requests a moment to reach their clients. */
@@ -493,6 +503,8 @@ int main(int argc, char **argv)
         sl_error("event_base_new failed");
         goto out;
     }
+    if (sl_net_init(rt, o.net_pool) < 0)
+        goto out;
     const int signums[3] = {SIGINT, SIGTERM, SIGCHLD};
     for (int i = 0; i < 3; i++) {
         sigs[i] =
@@ -534,6 +546,7 @@ out:
         sl_lifecycle_shutdown(rt);
         sl_jobs_shutdown(rt);
     }
+    sl_net_shutdown(rt);
     sl_http_free(rt);
     for (int i = 0; i < 3; i++) {
         if (sigs[i] != NULL)

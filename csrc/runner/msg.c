@@ -109,6 +109,20 @@ const char *sl_msg_type_name(const msgpack_object *o)
     return "unknown";
 }
 
+int sl_msg_stored_field(const char *raw, size_t len, const char *key, msgpack_unpacked *up,
+                        const msgpack_object **out, sl_err *e)
+{
+    msgpack_unpacked_init(up);
+    *out = NULL;
+    if (raw == NULL || len == 0)
+        return 0;
+    /* Stored by the runner itself (fn_registry.c) from a checked body. */
+    if (msgpack_unpack_next(up, raw, len, NULL) != MSGPACK_UNPACK_SUCCESS)
+        return sl_err_set(e, 500, "stored function options are not msgpack");
+    *out = sl_msg_field(&up->data, key);
+    return 0;
+}
+
 const msgpack_object *sl_msg_field(const msgpack_object *map, const char *key)
 {
     if (map == NULL || map->type != MSGPACK_OBJECT_MAP)

@@ -40,6 +40,12 @@ const char *sl_msg_type_name(const msgpack_object *o);
 /* Look up key in a map; NULL if absent. */
 const msgpack_object *sl_msg_field(const msgpack_object *map, const char *key);
 
+/* key of a map the runner stored as raw msgpack (a function's options):
+ * *out NULL when raw is empty, not a map or lacks key. up is initialised
+ * here; the caller destroys it whatever this returns. */
+int sl_msg_stored_field(const char *raw, size_t len, const char *key, msgpack_unpacked *up,
+                        const msgpack_object **out, sl_err *e);
+
 /* Flags for the getters. */
 #define SL_REQ 1 /* field must be present and not nil */
 

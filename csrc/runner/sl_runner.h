@@ -42,6 +42,9 @@ enum sl_snap_storage { SL_SNAP_STORAGE_AUTO = 0, SL_SNAP_STORAGE_DIR, SL_SNAP_ST
 
 struct sl_runner;
 struct sl_box;
+typedef struct sl_netbox sl_netbox;     /* net.c: a sandbox's network options and address */
+typedef struct sl_netstate sl_netstate; /* net.c: the pool and the nftables table */
+typedef struct sl_tunnel sl_tunnel;     /* tunnel.c: one listed port on a loopback port */
 struct sl_proc;
 struct sl_hold;
 
@@ -166,6 +169,7 @@ typedef struct sl_box {
     long long oom_kills;           /* the cgroup's OOM kill count when init was reaped */
     struct sl_s3 *s3;              /* S3 buckets mounted with s3fs (s3.c) */
     size_t ns3;
+    sl_netbox *net; /* "network"/"ports" (net.c); NULL: lo only, the default */
 } sl_box;
 
 /* ---- resource limits: limits.c ---- */
@@ -179,6 +183,30 @@ void sl_limits_box_reaped(sl_box *b); /* keep the OOM count before the cgroup go
 int sl_limits_box_oom(const sl_box *b);
 void sl_limits_pack(sl_resp *r, const sl_box *b); /* SandboxInfo "resources" */
 void sl_limits_pack_health(sl_resp *r);           /* health "limits" */
+
+/* ---- network: net.c, tunnel.c ---- */
+
+#define SL_NET_POOL_DEFAULT "10.200.0.0/16"
+/* Runner start: the address pool and the nftables table (a missing nftables
+ * only makes network requests fail). -1 on a bad pool or no memory. */
+int sl_net_init(struct sl_runner *rt, const char *pool);
+void sl_net_shutdown(struct sl_runner *rt);                               /* delete the table */
+int sl_net_parse(sl_box *b, const msgpack_object *body, sl_err *e);       /* "network", "ports" */
+int sl_net_from_opts(sl_box *b, const char *opts, size_t len, sl_err *e); /* workers */
+/* Before spawn: address, nft elements, allocation lock held. */
+int sl_net_prepare(sl_box *b, sl_err *e);
+const sl_net_config *sl_net_config_of(const sl_box *b); /* NULL: lo only */
+int sl_net_spawned(sl_box *b, sl_err *e);               /* after spawn: unlock, open the tunnels */
+void sl_net_stop(sl_box *b);    /* the sandbox is ending: close its tunnels */
+void sl_net_release(sl_box *b); /* tunnels, nft elements, address; idempotent */
+void sl_net_free(sl_box *b);
+void sl_net_pack(sl_resp *r, const sl_box *b); /* SandboxInfo "network" */
+void sl_net_pack_health(sl_resp *r, const struct sl_runner *rt);
+void sl_h_tunnels(sl_req *r);
+int sl_tunnels_open(sl_box *b, uint32_t addr, const uint16_t *ports, size_t nports,
+                    sl_tunnel **list, sl_err *e);
+void sl_tunnels_close(sl_tunnel **list);
+void sl_tunnels_pack(sl_resp *r, const sl_tunnel *list);
 
 /* ---- S3 buckets mounted with s3fs: s3.c ---- */
 
@@ -254,6 +282,7 @@ typedef struct sl_runner {
     sl_hold *holds;
     sl_job *jobs;
     sl_copy *copies;
+    sl_netstate *net; /* net.c */
 } sl_runner;
 
 /* ---- util.c ---- */

@@ -793,6 +793,18 @@ __attribute__((noreturn)) static void child_main(child_ctx *c)
     } else if (errno != EAFNOSUPPORT) {
         child_die(c, errno, "socket");
     }
+    /* The parent created eth0 in our namespace before it sent "go". */
+    if (c->cfg->net) {
+        const sl_net_config *net = c->cfg->net;
+        const char *what = "configure";
+        int r = sl_net_if_setup(SL_NET_SANDBOX_IF, net->sandbox_addr, net->prefix, &what);
+
+        if (r < 0)
+            child_die(c, -r, "eth0: %s", what);
+        r = sl_net_default_route(net->host_addr);
+        if (r < 0)
+            child_die(c, -r, "eth0: default route");
+    }
 
     /* init gets /dev/null on 0-2 (not the runner's log), the channel on 3 and
      * nothing else: every other fd is closed by the exec. */
@@ -1037,6 +1049,27 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         fmt_err(errbuf, errlen, err, "join cgroup");
         goto fail_child;
     }
+    /* The pair, peer born inside the child's namespace as eth0, before "go":
+     * the child configures it before it execs init. */
+    if (cfg->net) {
+        const char *what = "configure";
+
+        err = -sl_net_veth_create(cfg->net->host_if, pid, SL_NET_SANDBOX_IF);
+        if (err) {
+            fmt_err(errbuf, errlen, err, "create veth pair");
+            goto fail_child;
+        }
+        memcpy(out->net_if, cfg->net->host_if, sizeof(out->net_if));
+        out->net_if[sizeof(out->net_if) - 1] = '\0';
+        err = -sl_net_if_setup(cfg->net->host_if, cfg->net->host_addr, cfg->net->prefix, &what);
+        if (err) {
+            char m[64];
+
+            snprintf(m, sizeof(m), "host side of the veth pair: %s", what);
+            fmt_err(errbuf, errlen, err, m);
+            goto fail_child;
+        }
+    }
     if (send(sync[0], "g", 1, MSG_NOSIGNAL) != 1) {
         /* EPIPE: the child already failed; its report is still queued. */
         if (errno != EPIPE) {
@@ -1152,6 +1185,10 @@ fail_child:
         reap(pid, NULL);
     }
     sl_cgroup_destroy(&out->cg);
+    if (out->net_if[0]) {
+        (void)sl_net_link_del(out->net_if);
+        out->net_if[0] = '\0';
+    }
 fail_fds:
     if (out->disk_mnt) {
         umount2(out->disk_mnt, MNT_DETACH);
@@ -1189,6 +1226,10 @@ void sl_sandbox_release(sl_sandbox *sb)
     if (!sb)
         return;
     sl_cgroup_destroy(&sb->cg);
+    /* The veth pair goes with the network namespace, which dies with init
+     * (the kernel's cleanup_net, a workqueue): deleting it here would cost
+     * the caller an RCU grace period (~18 ms) for nothing. */
+    sb->net_if[0] = '\0';
     /* Detach: the kernel frees the tmpfs once the last user (a lingering
      * copy in a snapshot job, say) lets go; the caller then removes dir. */
     if (sb->disk_mnt) {

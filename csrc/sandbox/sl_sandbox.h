@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include "sl_cgroup.h"
+#include "sl_net.h"
 
 typedef struct sl_bind {
     const char *host_path;    /* absolute path on the host */
@@ -65,17 +66,23 @@ typedef struct sl_sandbox_config {
                                        euid/egid (rootless runner; sl_userns.h); the host image
                                        is then built by sl_hostroot_mount, and disk_bytes is
                                        refused (mounting the tmpfs needs root) */
+    const sl_net_config *net;       /* NULL: only lo (the default, nothing else is done). Else
+                                       a veth pair: host_if on the host with host_addr, eth0
+                                       inside with sandbox_addr and a default route via
+                                       host_addr (sl_net.h); filtering is the caller's */
 } sl_sandbox_config;
 
 typedef struct sl_sandbox {
-    pid_t init_pid; /* host pid of sandlot-init (a child of the caller) */
-    int ctl_fd;     /* runner end of the control channel, O_CLOEXEC|O_NONBLOCK */
-    int pidfd;      /* pidfd of init (O_CLOEXEC; readable once init exited), or -1 on
-                       kernels without clone3; kill goes through it so a reused pid
-                       is never hit. Only meaningful while init_pid > 0 */
-    sl_cgroup cg;   /* the sandbox's cgroup(s) */
-    char *disk_mnt; /* the size-capped tmpfs on cfg->dir (disk_bytes), unmounted by
-                       sl_sandbox_release, or NULL */
+    pid_t init_pid;        /* host pid of sandlot-init (a child of the caller) */
+    int ctl_fd;            /* runner end of the control channel, O_CLOEXEC|O_NONBLOCK */
+    int pidfd;             /* pidfd of init (O_CLOEXEC; readable once init exited), or -1 on
+                              kernels without clone3; kill goes through it so a reused pid
+                              is never hit. Only meaningful while init_pid > 0 */
+    sl_cgroup cg;          /* the sandbox's cgroup(s) */
+    char *disk_mnt;        /* the size-capped tmpfs on cfg->dir (disk_bytes), unmounted by
+                              sl_sandbox_release, or NULL */
+    char net_if[IFNAMSIZ]; /* host side of the veth pair ("" without one); the pair goes
+                              with the sandbox's network namespace once init is gone */
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at

@@ -56,6 +56,7 @@ from .function import (
 )
 from .image import Image
 from .process import InputStream, OutputStream, ProcessInfo, SandboxProcess
+from .network import NetworkOptions, Tunnel
 from .resources import ResourceOptions
 from .sandbox import Sandbox, SandboxInfo, SandboxSnapshot
 from .secret import Secret
@@ -75,6 +76,8 @@ __all__ = [
     "SandboxSnapshot",
     "ProcessInfo",
     "ResourceOptions",
+    "NetworkOptions",
+    "Tunnel",
     "OutputStream",
     "InputStream",
     "Image",

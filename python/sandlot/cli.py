@@ -135,6 +135,11 @@ def _cmd_runner_status(args: argparse.Namespace) -> int:
     _out("limits:    " + (", ".join(f"{k} {'enforced' if v else 'NOT enforced'}" for k, v in lim.items()) or "unknown"))
     if lim and not all(v for k, v in lim.items() if k != "gpu"):
         _out("           (a sandbox asking for a limit that is NOT enforced is refused; docs/security.md)")
+    net = h.get("network") or {}
+    if net.get("available"):
+        _out(f"network:   nftables table inet {net.get('table')}, address pool {net.get('pool')}")
+    else:
+        _out(f"network:   unavailable ({net.get('reason') or 'unknown'}); sandboxes get only lo")
     _out(f"sandboxes: {h.get('sandboxes')}")
     _out(f"uptime:    {_age(float(h.get('uptime') or 0))}")
     if s.embedded and s.runtime_paths is not None:

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _core, errors
+from .network import network_wire, ports_wire
 from .resources import resources_wire
 from .s3 import s3_mounts_wire
 from .session import Session, default_session
@@ -456,8 +457,12 @@ class RemoteFunction(Generic[P, R]):
       (or ``{"/data": {...}, ...}`` for several; see :mod:`sandlot.s3`). The
       credentials go to the runner only and are never echoed; a bucket that
       cannot be mounted fails the calls with the runner's reason.
-    * ``network``, ``ports``: validated and stored with the
-      function (enforced once the runner supports them).
+    * ``network``: a :class:`sandlot.NetworkOptions` or dict (``egress``:
+      ``"none"``, ``"all"`` or an allow list); every worker sandbox runs under
+      that policy (see :mod:`sandlot.network`).
+    * ``ports``: validated (``[8000]`` or ``[{"container_port": 8000}]``) and
+      stored with the function; workers do not open tunnels (no caller could
+      tell which worker's to use): use ``Sandbox.create(ports=...)``.
     * ``max_timeout_seconds``: bound on each call; the call fails with
       :class:`FunctionTimeoutError` (a ``TimeoutError``) and its worker is
       killed and replaced.
@@ -482,7 +487,7 @@ class RemoteFunction(Generic[P, R]):
         resources: Any | None = None,
         mounted_files: list[dict[str, Any]] | None = None,
         s3_mount: dict[str, Any] | None = None,
-        ports: list[dict[str, Any]] | None = None,
+        ports: list[dict[str, Any] | int] | None = None,
         network: Any | None = None,
         max_timeout_seconds: int | None = None,
         environment_variables: dict[str, str] | None = None,
@@ -526,12 +531,10 @@ class RemoteFunction(Generic[P, R]):
         self.profile_names = _check_str_list("profile_names", profile_names)
         self.runner_ids = _check_str_list("runner_ids", runner_ids)
         self.resources = resources_wire(resources)
-        self.network = _as_dict("network", network)
+        self.network = network_wire(network)
         self.s3_mount = _as_dict("s3_mount", s3_mount)
         self._s3_wire = s3_mounts_wire(self.s3_mount, "s3_mount")
-        if ports is not None and (not isinstance(ports, list) or not all(isinstance(p, dict) for p in ports)):
-            raise TypeError(f"ports must be a list of dicts, got {ports!r}")
-        self.ports = [dict(p) for p in ports] if ports is not None else None
+        self.ports = ports_wire(ports)
         self.mounted_files = self._check_mounts(mounted_files)
         self.max_timeout_seconds = max_timeout_seconds
         self.environment_variables = _check_str_map("environment_variables", environment_variables)

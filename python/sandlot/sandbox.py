@@ -28,6 +28,7 @@ from . import _validate
 from ._aio import Blocking, Op, classop, op
 from .errors import NotFoundError, SandboxError
 from .image import Image
+from .network import NetworkOptions, Tunnel, network_wire, ports_wire
 from .resources import ResourceOptions, resources_wire
 from .s3 import s3_mounts_wire
 from .s3 import secrets_of as s3_secrets_of
@@ -57,7 +58,10 @@ class SandboxInfo:
     it runs. Secret values are never part of it, only ``secret_names``.
     ``resources`` is the limits it runs under (runner form: cpu in cores,
     memory and disk in MiB), ``oom_killed`` whether the OOM killer killed any
-    of its processes (memory limit).
+    of its processes (memory limit). ``network`` is ``None`` for the
+    default (only ``lo``), else ``{"egress", "allowed", "address",
+    "gateway", "ports"}``: the policy as given, the CIDRs enforced (host
+    names resolved at create), the sandbox's address and the host side's.
     """
 
     sandbox_id: str
@@ -75,6 +79,7 @@ class SandboxInfo:
     pid: int | None
     resources: Mapping[str, Any] | None = field(default=None, hash=False)
     oom_killed: bool = False
+    network: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> SandboxInfo:
@@ -95,6 +100,7 @@ class SandboxInfo:
             pid=d.get("pid"),
             resources=dict(d["resources"]) if d.get("resources") else None,
             oom_killed=bool(d.get("oom_killed", False)),
+            network=dict(d["network"]) if d.get("network") else None,
         )
 
     @property
@@ -170,6 +176,8 @@ class Sandbox:
         mounted_files: Mapping[str, str | os.PathLike[str]] | None = None,
         resources: ResourceOptions | Mapping[str, Any] | None = None,
         s3_mounts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None = None,
+        network: NetworkOptions | Mapping[str, Any] | None = None,
+        ports: Sequence[int | Mapping[str, Any]] | None = None,
     ) -> Op[Sandbox]:
         """Start a sandbox running ``cmd``; returns once the command has started.
 
@@ -209,6 +217,13 @@ class Sandbox:
                 "region": ..., "read_only": bool}}``: S3 buckets mounted with
                 s3fs by the runner (see :mod:`sandlot.s3`). Bad credentials or
                 an unreachable endpoint raise ``SpawnError`` within seconds.
+            network: a :class:`sandlot.NetworkOptions` or ``{"egress": ...}``:
+                ``"none"`` (default, only ``lo``), ``"all"``, or a list of IPv4
+                CIDRs and host names; enforced by the runner's nftables rules,
+                and the host and other sandboxes stay unreachable (see
+                :mod:`sandlot.network`).
+            ports: TCP ports inside (``[8000]`` or ``[{"container_port":
+                8000}]``) exposed on host loopback ports; see :meth:`tunnels`.
 
         Raises:
             TypeError / ValueError: bad arguments (nothing was sent).
@@ -224,6 +239,8 @@ class Sandbox:
         """
         argv = _validate.command(cmd, what="cmd")
         res = resources_wire(resources)
+        net = network_wire(network)
+        port_list = ports_wire(ports)
         if image is None:
             image_spec = None
         elif isinstance(image, Image):
@@ -318,6 +335,10 @@ class Sandbox:
             body["mounts"] = mounts
         if res:
             body["resources"] = res
+        if net:
+            body["network"] = net
+        if port_list:
+            body["ports"] = port_list
         if s3_wire:
             body["s3_mounts"] = s3_wire
         try:
@@ -401,6 +422,28 @@ class Sandbox:
         if self.returncode is not None:
             parts.append(f"returncode={self.returncode}")
         return f"Sandbox({', '.join(parts)})"
+
+    @op
+    def tunnels(self) -> Op[dict[int, Tunnel]]:
+        """The ports given to ``create(ports=...)``: ``{container_port: Tunnel}``.
+
+        Each :class:`sandlot.Tunnel` has ``host`` (``127.0.0.1``), ``port`` (an
+        ephemeral port on the runner's host), ``url`` and unpacks as
+        ``host, port``. Empty once the sandbox has ended (the tunnels close
+        with it). The host is the runner's: for a runner reached over TCP from
+        another machine, the tunnels are on that machine's loopback.
+
+        Example:
+            >>> sb = Sandbox.create("python3 -m http.server 8000", ports=[8000])   # doctest: +SKIP
+            >>> urllib.request.urlopen(sb.tunnels()[8000].url).status               # doctest: +SKIP
+            200
+        """
+        resp = yield self._session.request("GET", f"/v1/sandboxes/{self.sandbox_id}/tunnels")
+        out: dict[int, Tunnel] = {}
+        for t in resp.get("tunnels") or ():
+            tun = Tunnel(int(t["container_port"]), str(t["host"]), int(t["port"]))
+            out[tun.container_port] = tun
+        return out
 
     # -- lifecycle ------------------------------------------------------------------
     @op

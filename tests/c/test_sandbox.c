@@ -15,7 +15,9 @@
 #include "sl_seccomp.h"
 
 #include <dirent.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -1230,6 +1232,65 @@ static void bench(int memfd, int cycles)
     free(spawn);
 }
 
+/* A veth pair (sl_net.c): eth0 inside with its address and default route,
+ * the host side addressed, the pair gone with the namespace; a taken host
+ * name fails the spawn cleanly. Addresses from 10.203.255.252/30, checked
+ * against the host's routes first; no packet is sent. */
+static void test_veth(int memfd)
+{
+    char dir[] = "/tmp/sl-net-XXXXXX", errbuf[256], out[4096];
+    sl_net_config net = {.host_if = "sltestveth0", .prefix = 30};
+    sl_sandbox sb;
+    int r;
+
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    inet_pton(AF_INET, "10.203.255.253", &net.host_addr);
+    inet_pton(AF_INET, "10.203.255.254", &net.sandbox_addr);
+    r = sl_net_route_overlaps(htonl(0x0acbfffc), 30);
+    if (r != 0) {
+        fprintf(stderr, "SKIP veth: 10.203.255.252/30 is routed on this host (%d)\n", r);
+        rmdir(dir);
+        return;
+    }
+    sl_sandbox_config cfg = {
+        .id = "sb-veth", .rootfs = "/", .dir = dir, .init_memfd = memfd, .net = &net};
+    if (sl_sandbox_spawn(&cfg, &sb, errbuf, sizeof(errbuf)) != 0) {
+        CHECK(0, "spawn with a veth: %s", errbuf);
+        sl_rm_rf(dir);
+        return;
+    }
+    CHECK(if_nametoindex("sltestveth0") > 0, "host side missing");
+    CHECK(sl_net_route_overlaps(htonl(0x0acbfffc), 30) == 1, "host side route not seen");
+    CHECK(sl_net_route_overlaps(htonl(0x0acbfff8), 30) == 0, "the neighbouring /30 overlaps");
+    CHECK(sh(&sb, 1, "ls /sys/class/net; cat /proc/net/route", out, sizeof(out)) == 0, "sh");
+    /* eth0 and lo; default route (dest 0) via 10.203.255.253 (FDFFCB0A). */
+    CHECK(strstr(out, "eth0\nlo\n") == out, "interfaces: %s", out);
+    CHECK(strstr(out, "eth0\t00000000\tFDFFCB0A") != NULL, "default route: %s", out);
+    teardown(&sb, dir, 1);
+    /* The pair goes with the namespace (the kernel's cleanup runs async). */
+    for (int i = 0; i < 100 && if_nametoindex("sltestveth0") > 0; i++)
+        usleep(50000);
+    CHECK(if_nametoindex("sltestveth0") == 0, "veth pair left behind");
+    CHECK(sl_net_link_del("sltestveth0") == 0, "deleting a missing link is not an error");
+
+    /* A host name in use: the spawn fails, nothing is left. */
+    CHECK(sl_net_veth_create("sltestveth1", getpid(), "sltestpeer1") == 0, "make a veth");
+    if (!mkdtemp(strcpy(dir, "/tmp/sl-net-XXXXXX"))) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    snprintf(net.host_if, sizeof(net.host_if), "sltestveth1");
+    r = sl_sandbox_spawn(&cfg, &sb, errbuf, sizeof(errbuf));
+    CHECK(r == -EEXIST && strstr(errbuf, "create veth pair") != NULL, "taken name: %d %s", r,
+          errbuf);
+    CHECK(sl_net_link_del("sltestveth1") == 0 && if_nametoindex("sltestpeer1") == 0,
+          "delete the veth");
+    CHECK(sl_rm_rf(dir) == 0, "rm_rf");
+}
+
 int main(int argc, char **argv)
 {
     int memfd, cycles = argc > 2 ? atoi(argv[2]) : 100;
@@ -1292,6 +1353,7 @@ int main(int argc, char **argv)
     test_dir_image(memfd);
     test_freezer_kill(memfd);
     test_userns_sandbox(memfd);
+    test_veth(memfd);
     if (cycles > 0)
         bench(memfd, cycles);
     CHECK(count_fds() == fds_before, "fd leak over the sandbox tests: %d -> %d", fds_before,
