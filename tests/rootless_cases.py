@@ -91,6 +91,18 @@ def test_runner_status_cli_says_what_is_not_enforced(runner):
     assert "is refused" in out.stdout
 
 
+def test_network_needs_a_root_runner_and_says_so(session):
+    net = session.health()["network"]
+    assert net["available"] is False and "rootless" in net["reason"], net
+    for ask in ({"network": {"egress": "all"}}, {"ports": [8000]}):
+        with pytest.raises(sandlot.InvalidArgumentError, match="cannot give sandboxes a network .a rootless runner") as ei:
+            Sandbox.create(["true"], session=session, **ask)
+        assert "sandlot runner status" in str(ei.value)
+    # The default, only lo, is not affected.
+    with Sandbox.create(["sh", "-c", "ls /sys/class/net"], session=session) as sb:
+        assert sb.wait() == 0 and sb.stdout.read().split() == ["lo"]
+
+
 def test_root_inside_is_the_runner_user_outside(session, runner):
     uid, gid = os.geteuid(), os.getegid()
     vol = Volume.from_name(f"rl-{uuid.uuid4().hex[:8]}", create_if_missing=True, session=session)

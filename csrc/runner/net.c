@@ -554,6 +554,16 @@ int sl_net_init(sl_runner *rt, const char *pool)
     }
     /* Networking is optional: without nftables a runner still serves every
      * sandbox that asks for none, and the others get a clear 503. */
+    if (rt->userns) {
+        /* Veth pairs and nftables rules in the host's namespace need root
+         * there; a user namespace does not give that. Say so, rather than
+         * the EPERM of the first nft command. */
+        snprintf(ns->why, sizeof(ns->why),
+                 "a rootless runner cannot create veth pairs or nftables rules on the host "
+                 "(run sandlotd as root for network= and ports=)");
+        sl_info("networking unavailable: %s", ns->why);
+        return 0;
+    }
     ns->nft = nft_ctx_new(NFT_CTX_DEFAULT);
     if (ns->nft == NULL || nft_ctx_buffer_output(ns->nft) != 0 ||
         nft_ctx_buffer_error(ns->nft) != 0) {
@@ -703,8 +713,12 @@ int sl_net_prepare(sl_box *b, sl_err *e)
 
     if (n == NULL)
         return 0;
+    /* 400 like a limit this runner cannot enforce: the request asks for what
+     * this host cannot give (a 503 would read as "the runner is down"). */
     if (ns == NULL || !ns->ready)
-        return sl_err_set(e, 503, "sandbox networking is unavailable on this runner: %s",
+        return sl_err_set(e, 400,
+                          "fields 'network'/'ports': this runner cannot give sandboxes a network "
+                          "(%s); `sandlot runner status` says why",
                           ns != NULL ? ns->why : "not initialised");
     if (n->egress != SL_EGRESS_NONE && set_forwarding(ns, e) < 0)
         return -1;
