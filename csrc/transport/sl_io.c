@@ -85,6 +85,11 @@ unsigned sl__gen(void)
     return atomic_load_explicit(&g_gen, memory_order_relaxed);
 }
 
+unsigned sl_transport_gen(void)
+{
+    return sl__gen();
+}
+
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&g_lock);

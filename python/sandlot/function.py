@@ -314,7 +314,10 @@ class _Chunk:
     order and returns ``[kinds, values]`` (``kinds[i]`` is ``"O"`` for a value,
     ``"E"`` for an exception description). The chunk's refs come from one
     ``_core.PromiseBatch``, which hands out ``values[i]`` itself (in C) and
-    calls :meth:`get` only for the others.
+    calls :meth:`get` only for the others. The batch references this chunk
+    (fallback and on_cancel) and the refs reference the batch; the chunk
+    drops the batch once complete, so no cycle remains and consumed refs are
+    freed by reference counting, not by the cycle collector.
 
     Cancelling one ref of a chunk completes that ref as cancelled at once;
     the item still runs with its chunk (its result is dropped). Once every
@@ -334,7 +337,8 @@ class _Chunk:
         self.rec: dict[str, Any] | None = None
         self.err: tuple[int, str, str] | None = None
         self.ncancel = 0
-        self.batch = _core.PromiseBatch(f"/v1/calls/{cid}", n, self.get, self.cancelled)
+        self.batch: _core.PromiseBatch | None = _core.PromiseBatch(f"/v1/calls/{cid}", n, self.get,
+                                                                    self.cancelled)
 
     def get(self, i: int) -> Any:
         if self.kinds is not None:
@@ -359,15 +363,20 @@ class _Chunk:
                 # All "O" (the usual case): no per-item check at all.
                 if type(values) is not list:
                     values = list(values)
-                self.batch.complete(values, None if kinds.count("O") == self.n else kinds)
+                self._complete(values, None if kinds.count("O") == self.n else kinds)
                 return
         else:
             self.rec = rec
-        self.batch.complete()
+        self._complete()
 
     def fail(self, status: int, code: str, message: str) -> None:
         self.err = (status, code, message)
-        self.batch.complete()
+        self._complete()
+
+    def _complete(self, values: list[Any] | None = None, kinds: str | None = None) -> None:
+        batch, self.batch = self.batch, None  # breaks the chunk <-> batch cycle
+        if batch is not None:
+            batch.complete(values, kinds)
 
     def cancelled(self, i: int) -> None:
         self.ncancel += 1
@@ -832,7 +841,7 @@ class RemoteFunction(Generic[P, R]):
                 cid = f"{prefix}.{k - i}"
                 ch = _Chunk(self, stop - start, cid, client, coll)
                 entries.append((cid, ch))
-                refs += ch.batch.refs
+                refs += ch.batch.refs()  # type: ignore[union-attr]
             coll.add(entries)
             req = client.request("POST", f"/v1/functions/{fid}/calls",
                                  {"channel": coll.channel, "prefix": prefix, "args": [c[2] for c in chunks[i:j]]})
