@@ -28,6 +28,14 @@ def packb(obj: object) -> bytes:
     deeper than MAX_DEPTH raises ``ValueError``.
     """
 
+def json_dumps_fast(obj: object, prefix: bytes = ..., /) -> bytes | None:
+    """``prefix + json.dumps(obj, separators=(",", ":")).encode()`` (the same
+    bytes: ``ensure_ascii``, ``NaN``/``Infinity``, insertion order) in one C
+    pass, for exactly None, bool, int, float, str, list, tuple and dict with
+    str keys. Returns None for anything else (a subclass, a non-str key,
+    nesting deeper than 64, which may be a cycle): use ``json.dumps`` then, so
+    its errors and special cases stay its own."""
+
 def unpackb(data: bytes | bytearray | memoryview, *, max_depth: int = ..., max_size: int = ...) -> Any:
     """Decode one msgpack object. Input is checked with ``sl_mp_check`` first:
     too big, too deep, truncated, trailing bytes or a container count larger than

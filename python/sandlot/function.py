@@ -146,7 +146,10 @@ def _qualname(fn: Any) -> str:
 # ---------------------------------------------------------------------------
 
 def _json_enc(v: Any) -> bytes:
-    return json.dumps(v, separators=(",", ":")).encode()
+    # The same bytes as json.dumps, in one C pass for plain data (a tenth of
+    # the cost); json.dumps itself for everything else, errors included.
+    out = _core.json_dumps_fast(v)
+    return out if out is not None else json.dumps(v, separators=(",", ":")).encode()
 
 
 def _pickle_enc(v: Any) -> bytes:
