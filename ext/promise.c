@@ -23,6 +23,7 @@
 
 #include "sl_ext.h"
 #include "sl_promise.h"
+#include "structmember.h"
 
 int sl_promise_add_type(PyObject *module, sl_modstate *st);
 
@@ -256,6 +257,7 @@ typedef struct Batch {
     PyObject *fallback; /* fallback(i): item i's outcome when not in values */
     PyObject *values;   /* list of n values, set by complete() */
     PyObject *kinds;    /* str of n 'O'/other, or NULL: all values */
+    PyObject *weakreflist;
 } Batch;
 
 static bool batch_orphaned(const Batch *b)
@@ -541,6 +543,8 @@ static void batch_dealloc(Batch *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     /* Every ref and every watch node (which holds its ref) is gone, so
      * nobody waits here. In a fork child the mutex may be held by a thread
      * that no longer exists: leave it. */
@@ -571,16 +575,17 @@ PyDoc_STRVAR(batch_doc, "PromiseBatch(label, n, fallback=None, on_cancel=None)\n
                         "n OperationRefs (refs()) completed together by complete(values, "
                         "kinds). on_cancel(i) is called when ref i is cancelled.");
 
+static PyMemberDef batch_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Batch, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot batch_slots[] = {
-    {Py_tp_doc, (void *)batch_doc},
-    {Py_tp_init, batch_init},
-    {Py_tp_new, PyType_GenericNew},
-    {Py_tp_dealloc, batch_dealloc},
-    {Py_tp_traverse, batch_traverse},
-    {Py_tp_clear, batch_clear},
-    {Py_tp_methods, batch_methods},
-    {Py_sq_length, batch_len},
-    {0, NULL},
+    {Py_tp_members, batch_members}, {Py_tp_doc, (void *)batch_doc},
+    {Py_tp_init, batch_init},       {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, batch_dealloc}, {Py_tp_traverse, batch_traverse},
+    {Py_tp_clear, batch_clear},     {Py_tp_methods, batch_methods},
+    {Py_sq_length, batch_len},      {0, NULL},
 };
 
 static PyType_Spec batch_spec = {

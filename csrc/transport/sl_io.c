@@ -85,11 +85,6 @@ unsigned sl__gen(void)
     return atomic_load_explicit(&g_gen, memory_order_relaxed);
 }
 
-unsigned sl_transport_gen(void)
-{
-    return sl__gen();
-}
-
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&g_lock);
@@ -120,6 +115,14 @@ static void global_init(void)
     }
     int rc = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     g_init_rc = rc == 0 ? 0 : -rc;
+}
+
+unsigned sl_transport_gen(void)
+{
+    /* The atfork handler that bumps the generation is registered here, so
+     * that a caller which never submitted a request still sees a fork. */
+    pthread_once(&g_once, global_init);
+    return sl__gen();
 }
 
 /* --- command queue ------------------------------------------------------ */
