@@ -199,6 +199,8 @@ static void compute(OpRef *self, PyObject **value, PyObject **exc)
                              "outcome goes to the parent process only");
             return;
         }
+        /* The ref now stores an outcome: it and its siblings must be
+         * tracked (sl_batch_expose) unless that outcome cannot hold them. */
         PyObject *v = sl_batch_value(self->batch, self->index);
         if (v != NULL)
             *value = Py_NewRef(v);
@@ -206,6 +208,8 @@ static void compute(OpRef *self, PyObject **value, PyObject **exc)
             *value = v;
         else
             *exc = sl_exc_fetch();
+        if (*exc != NULL || PyObject_IS_GC(*value))
+            sl_batch_expose(self->batch);
         return;
     }
     const sl_result *r = sl_req_result(self->req);
@@ -787,7 +791,7 @@ static Waker *waker_for(sl_modstate *st, PyObject *loop)
 /* ------------------------------------------------------------------------ */
 
 static OpRef *ref_alloc(sl_modstate *st, sl_req *req, PyObject *batch, Py_ssize_t index,
-                        PyObject *transform)
+                        PyObject *transform, bool track)
 {
     OpRef *self = PyObject_GC_New(OpRef, st->ref_type);
     if (self == NULL)
@@ -801,21 +805,22 @@ static OpRef *ref_alloc(sl_modstate *st, sl_req *req, PyObject *batch, Py_ssize_
     self->weakreflist = NULL;
     self->mat = MAT_NONE;
     self->mat_thread = 0;
-    PyObject_GC_Track(self);
+    if (track)
+        PyObject_GC_Track(self);
     return self;
 }
 
 PyObject *sl_opref_new(sl_modstate *st, sl_req *req, PyObject *transform)
 {
-    OpRef *self = ref_alloc(st, req, NULL, 0, transform);
+    OpRef *self = ref_alloc(st, req, NULL, 0, transform, true);
     if (self == NULL)
         sl_req_unref(req);
     return (PyObject *)self;
 }
 
-PyObject *sl_opref_new_item(sl_modstate *st, PyObject *batch, Py_ssize_t i)
+PyObject *sl_opref_new_item(sl_modstate *st, PyObject *batch, Py_ssize_t i, bool track)
 {
-    return (PyObject *)ref_alloc(st, NULL, batch, i, NULL);
+    return (PyObject *)ref_alloc(st, NULL, batch, i, NULL, track);
 }
 
 static int ref_traverse(OpRef *self, visitproc visit, void *arg)
@@ -839,7 +844,11 @@ static int ref_clear(OpRef *self)
 static void ref_dealloc(OpRef *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
+    /* First, so that code run by the clears below (a __del__ that asks a
+     * sibling for its value) cannot have the batch track this ref again. */
+    if (self->batch != NULL)
+        sl_batch_forget(self->batch, self->index, (PyObject *)self);
+    PyObject_GC_UnTrack(self); /* a no-op for a batch ref never tracked */
     if (self->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)self);
     ref_clear(self);
@@ -860,8 +869,13 @@ static PyObject *outcome(OpRef *self, bool want_exception)
     if (self->req == NULL && s == SL_REQ_DONE && self->mat == MAT_NONE) {
         /* The common map() case: the value sits in the batch's list. */
         PyObject *v = sl_batch_value(self->batch, self->index);
-        if (v != NULL)
-            return want_exception ? Py_NewRef(Py_None) : Py_NewRef(v);
+        if (v != NULL) {
+            if (want_exception)
+                return Py_NewRef(Py_None);
+            if (PyObject_IS_GC(v)) /* user code may make it hold a ref */
+                sl_batch_expose(self->batch);
+            return Py_NewRef(v);
+        }
     }
     if (materialise(self) < 0)
         return NULL;

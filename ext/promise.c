@@ -258,6 +258,11 @@ typedef struct Batch {
     PyObject *values;   /* list of n values, set by complete() */
     PyObject *kinds;    /* str of n 'O'/other, or NULL: all values */
     PyObject *weakreflist;
+    /* The refs of the first refs() call, borrowed (a ref clears its slot
+     * when freed), while they are not tracked by the cycle collector; see
+     * sl_batch_expose. NULL once exposed. */
+    PyObject **untracked;
+    bool refs_made;
 } Batch;
 
 static bool batch_orphaned(const Batch *b)
@@ -446,6 +451,37 @@ static bool batch_ready(Batch *self)
     return false;
 }
 
+/* Why refs start untracked: 10,000 tracked refs that live through a map()
+ * are promoted to the oldest generation and trigger full collections of the
+ * whole heap, ~1.2 ms per 10,000-item map (more than creating them). A ref
+ * of a batch can only be part of a cycle through the batch: its fallback
+ * and on_cancel (which map() keeps free of user objects: see _Chunk) or a
+ * value a ref handed out, which user code could make point back at a ref.
+ * So the refs stay untracked until a ref hands out a value that is itself
+ * a container (a list, a dict, even one not tracked yet), or an exception;
+ * then every ref of the batch is tracked, as any other ref is. A map of
+ * numbers or strings never pays for the collector. */
+void sl_batch_expose(PyObject *obj)
+{
+    Batch *b = (Batch *)obj;
+    PyObject **refs = b->untracked;
+    if (refs == NULL)
+        return;
+    b->untracked = NULL;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        if (refs[i] != NULL && !PyObject_GC_IsTracked(refs[i]))
+            PyObject_GC_Track(refs[i]);
+    }
+    free(refs);
+}
+
+void sl_batch_forget(PyObject *obj, Py_ssize_t i, PyObject *ref)
+{
+    Batch *b = (Batch *)obj;
+    if (b->untracked != NULL && b->untracked[i] == ref)
+        b->untracked[i] = NULL;
+}
+
 /* refs(): n new OperationRefs, in order (the batch keeps none of them). */
 static PyObject *batch_refs(Batch *self, PyObject *unused)
 {
@@ -456,12 +492,21 @@ static PyObject *batch_refs(Batch *self, PyObject *unused)
     PyObject *list = PyList_New(self->n);
     if (list == NULL)
         return NULL;
+    /* Only the first call's refs start untracked (one slot per item). */
+    bool track = true;
+    if (!self->refs_made) {
+        self->refs_made = true;
+        self->untracked = calloc(self->n > 0 ? (size_t)self->n : 1, sizeof(*self->untracked));
+        track = self->untracked == NULL; /* out of memory: just track them */
+    }
     for (Py_ssize_t i = 0; i < self->n; i++) {
-        PyObject *ref = sl_opref_new_item(st, (PyObject *)self, i);
+        PyObject *ref = sl_opref_new_item(st, (PyObject *)self, i, track);
         if (ref == NULL) {
             Py_DECREF(list);
             return NULL;
         }
+        if (!track)
+            self->untracked[i] = ref;
         PyList_SET_ITEM(list, i, ref);
     }
     return list;
@@ -552,6 +597,7 @@ static void batch_dealloc(Batch *self)
         pthread_cond_destroy(&self->cond);
         pthread_mutex_destroy(&self->mu);
     }
+    free(self->untracked); /* every ref is gone: all slots are NULL */
     free(self->watches);
     free(self->state);
     free(self->label);

@@ -12,6 +12,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdbool.h>
 
 #include "sl_transport.h"
 
@@ -40,8 +41,9 @@ int sl_opref_add_types(PyObject *module, sl_modstate *st);
 /* A new OperationRef for a request that is about to be submitted. Steals
  * the caller's reference to req, even on failure. transform may be NULL. */
 PyObject *sl_opref_new(sl_modstate *st, sl_req *req, PyObject *transform);
-/* A new OperationRef for item i of a PromiseBatch (holds the batch). */
-PyObject *sl_opref_new_item(sl_modstate *st, PyObject *batch, Py_ssize_t i);
+/* A new OperationRef for item i of a PromiseBatch (holds the batch); not
+ * tracked by the cycle collector unless track (see sl_batch_expose). */
+PyObject *sl_opref_new_item(sl_modstate *st, PyObject *batch, Py_ssize_t i, bool track);
 /* Stop the done-callback dispatcher thread (interpreter exit; GIL held). */
 void sl_opref_shutdown(void);
 
@@ -60,6 +62,11 @@ PyObject *sl_batch_value(PyObject *batch, Py_ssize_t i);
 /* fallback(i): a new reference, or NULL with an exception set. */
 PyObject *sl_batch_fallback(PyObject *batch, Py_ssize_t i);
 const char *sl_batch_label(PyObject *batch);
+/* Track every untracked ref of the batch: a ref handed out a tracked value
+ * or stored an outcome (promise.c explains why refs start untracked). */
+void sl_batch_expose(PyObject *batch);
+/* Ref `ref` of item i is being freed: drop its borrowed slot. */
+void sl_batch_forget(PyObject *batch, Py_ssize_t i, PyObject *ref);
 
 /* client.c */
 int sl_client_add_type(PyObject *module, sl_modstate *st);

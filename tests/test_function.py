@@ -437,6 +437,26 @@ def test_map_10000_batch_refs_per_item_failures_and_lifetimes(fns):
     assert keep.result() == {"i": 4321, "t": [4321, "é"]}  # outlives its siblings
 
 
+def test_map_refs_held_by_an_object_its_function_points_to_are_collected(fns):
+    import gc
+    import weakref
+
+    class Job:
+        pass
+
+    f = fns(add)
+    job = Job()
+    job.f = f
+    f.owner = job  # job -> f -> job: a cycle the collector must still free
+    job.refs = f.map([(i, 1) for i in range(100)], chunksize=10)
+    assert sandlot.results(job.refs, timeout=60) == [i + 1 for i in range(100)]
+    w = weakref.ref(job)
+    r = weakref.ref(job.refs[0])
+    del job, f.owner
+    gc.collect()
+    assert w() is None and r() is None
+
+
 def test_map_json_fallback_keeps_json_semantics(fns):
     import enum
 

@@ -258,6 +258,39 @@ def test_a_value_that_holds_its_own_ref_is_collected():
     assert w() is None
 
 
+def test_a_value_that_holds_a_sibling_ref_is_collected():
+    # The refs start untracked by the cycle collector; handing out a
+    # container (here a dict of ints, itself untracked until it holds the
+    # ref) must make the batch's refs tracked so the cycle is found.
+    for kind in ("dict", "list"):
+        b = make(2)
+        refs = b.refs()
+        b.complete([{"a": 1} if kind == "dict" else [1], 2])  # held by the batch only
+        v = refs[0].result()
+        if kind == "dict":
+            v["sibling"] = refs[1]
+        else:
+            v.append(refs[1])
+        w = weakref.ref(b)
+        del b, refs, v
+        gc.collect()
+        assert w() is None, kind
+
+
+def test_exceptions_of_items_are_collected_with_their_tracebacks():
+    b = make(3)
+    refs = b.refs()
+    b.complete([1, None, 3], "OEO")
+    try:
+        refs[1].result()
+    except ItemError as exc:
+        keep = exc  # exc -> traceback -> this frame -> refs -> ref -> exc
+    w = weakref.ref(b)
+    del b, refs, keep
+    gc.collect()
+    assert w() is None
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_pending_batch_refs_fail_in_a_fork_child():
     b = make(2)

@@ -149,6 +149,14 @@ class PromiseBatch:
     ``refs()`` makes ``n`` new refs; the batch keeps none of them (the refs
     keep the batch alive), so there is no reference cycle.
 
+    The refs of the first ``refs()`` call start untracked by the cycle
+    collector (10,000 tracked refs that survive a map() cost full
+    collections); they are all tracked as soon as one of them hands out a
+    container (list, dict, ...) or an exception, the only ways user code can
+    make a value point back at a ref. So ``fallback`` and ``on_cancel`` must
+    not reach the refs themselves (map() passes callables that reach no user
+    object).
+
     ``complete(values, kinds)`` completes every pending ref: ref ``i``'s value
     is ``values[i]`` when ``kinds`` is None or ``kinds[i] == "O"``, otherwise
     ``fallback(i)`` is called (with the GIL, when the value is first asked

@@ -330,7 +330,10 @@ class _Chunk:
     __slots__ = ("fn", "n", "kinds", "values", "rec", "err", "batch", "cid", "client", "coll", "ncancel")
 
     def __init__(self, fn: RemoteFunction[Any, Any], n: int, cid: str, client: _core.Client, coll: _Collector) -> None:
-        self.fn = fn
+        # Not the RemoteFunction: the batch (so every ref) references this
+        # chunk, and a RemoteFunction can reach user objects that hold the
+        # refs (a bound method's instance), which would make a cycle.
+        self.fn = fn._codec
         self.n = n
         self.cid = cid
         self.client = client
@@ -558,6 +561,7 @@ class RemoteFunction(Generic[P, R]):
             self._sig = None
         self._enc = _ENCODERS[serialization]
         self._dec = _DECODERS[serialization]
+        self._codec = _Codec(serialization)
         self._fn_id: str | None = None
         self._reg_session: Session | None = None
         self._lock = threading.Lock()
@@ -990,6 +994,20 @@ class RemoteFunction(Generic[P, R]):
         """The runner's view: pool, queue, counters, stored options."""
         sess, fid = self._ensure()
         return sess.request("GET", f"/v1/functions/{fid}").result()["function"]
+
+
+class _Codec:
+    """What turns a call's record into its outcome (RemoteFunction's own
+    _outcome/_rebuild), without the function: map() chunks keep this."""
+
+    __slots__ = ("serialization", "_dec")
+
+    def __init__(self, serialization: Serialization) -> None:
+        self.serialization = serialization
+        self._dec = _DECODERS[serialization]
+
+    _outcome = RemoteFunction._outcome
+    _rebuild = RemoteFunction._rebuild
 
 
 def _submitted(coll: _Collector, ids: list[str], req: Any) -> None:
