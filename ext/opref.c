@@ -923,13 +923,13 @@ static PyObject *ref_result(OpRef *self, PyObject *const *args, Py_ssize_t nargs
     return outcome(self, false);
 }
 
-static PyObject *ref_exception(OpRef *self, PyObject *args, PyObject *kwargs)
+static PyObject *ref_exception(OpRef *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
 {
-    static char *kwlist[] = {"timeout", NULL};
-    PyObject *t = Py_None;
+    PyObject *t;
     double timeout;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:exception", kwlist, &t) ||
-        parse_timeout(t, &timeout) < 0 || wait_done(self, timeout) < 0)
+    if (timeout_arg("exception", args, nargs, kwnames, &t) < 0 || parse_timeout(t, &timeout) < 0 ||
+        wait_done(self, timeout) < 0)
         return NULL;
     return outcome(self, true);
 }
@@ -1074,7 +1074,7 @@ static PyObject *ref_repr(OpRef *self)
 static PyMethodDef ref_methods[] = {
     {"result", (PyCFunction)(void (*)(void))ref_result, METH_FASTCALL | METH_KEYWORDS,
      "result(timeout=None)\n--\n\nBlock (GIL released) until done; return the value or raise."},
-    {"exception", (PyCFunction)(void (*)(void))ref_exception, METH_VARARGS | METH_KEYWORDS,
+    {"exception", (PyCFunction)(void (*)(void))ref_exception, METH_FASTCALL | METH_KEYWORDS,
      "exception(timeout=None)\n--\n\nBlock until done; return the exception or None."},
     {"done", (PyCFunction)ref_done, METH_NOARGS, "True once completed or cancelled."},
     {"cancelled", (PyCFunction)ref_cancelled, METH_NOARGS, "True if cancelled."},

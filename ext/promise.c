@@ -240,9 +240,10 @@ static PyType_Spec promise_spec = {
  *
  * Every writer (complete, cancel, watch registration) runs with the GIL
  * held, so they never race each other; the mutex and condvar exist for
- * result() waiting with the GIL released. The batch never references its
- * refs (they reference it), so no cycle ties a chunk's refs together and a
- * consumed batch is freed by reference counting alone. */
+ * result() waiting with the GIL released. The batch owns no reference to
+ * its refs (they reference it; it only borrows pointers to them, see
+ * sl_batch_expose), so no cycle ties a chunk's refs together and a consumed
+ * batch is freed by reference counting alone. */
 
 typedef struct Batch {
     PyObject_HEAD Py_ssize_t n;
