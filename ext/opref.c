@@ -29,6 +29,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -332,8 +333,11 @@ static int wait_done(OpRef *self, double timeout_s)
         if (PyErr_CheckSignals() < 0)
             return -1;
         if (deadline >= 0 && sl_now_ns() >= deadline) {
-            PyErr_Format(PyExc_TimeoutError, "OperationRef for %s %s not done after %g s",
-                         ref_method(self), ref_path(self), timeout_s);
+            /* PyErr_Format has no %g: format the number here. */
+            char secs[32];
+            snprintf(secs, sizeof(secs), "%g", timeout_s);
+            PyErr_Format(PyExc_TimeoutError, "OperationRef for %s %s not done after %s s",
+                         ref_method(self), ref_path(self), secs);
             return -1;
         }
     }

@@ -48,10 +48,12 @@ def test_refs_are_operation_refs_in_order():
 def test_result_arguments():
     b = make(1)
     (r,) = b.refs()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=r"POST /v1/calls/t not done after 0\.01 s"):
         r.result(0.01)
     with pytest.raises(TimeoutError):
         r.result(timeout=0.01)
+    with pytest.raises(TimeoutError):
+        r.exception(0.01)
     with pytest.raises(TypeError, match="unexpected keyword"):
         r.result(tmo=1)
     with pytest.raises(TypeError, match="at most 1"):
