@@ -250,6 +250,7 @@ class _Collector:
         self._pending: dict[str, _core.Promise] = {}
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._landed = 0  # submissions the runner has answered (under _cv)
 
     def add(self, items: list[tuple[str, Any]]) -> None:
         with self._cv:
@@ -260,6 +261,12 @@ class _Collector:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="sandlot-collector", daemon=True)
                 self._thread.start()
+            self._cv.notify_all()
+
+    def landed(self) -> None:
+        """A submission reached the runner: a poll now finds its calls."""
+        with self._cv:
+            self._landed += 1
             self._cv.notify_all()
 
     def forget(self, call_id: str) -> None:
@@ -278,6 +285,7 @@ class _Collector:
 
     def _run(self) -> None:
         failures = 0
+        landed = -1
         while True:
             with self._cv:
                 while not self._pending:
@@ -300,7 +308,12 @@ class _Collector:
                 continue
             calls = resp.get("calls", [])
             if not calls and resp.get("pending", 0) == 0:
-                time.sleep(0.001)  # the submission has not landed yet
+                # The submission has not landed yet: poll again as soon as
+                # one does (map() reports it), or after 1 ms at the latest.
+                with self._cv:
+                    if self._landed == landed:
+                        self._cv.wait(0.001)
+                    landed = self._landed
                 continue
             with self._cv:
                 pop = self._pending.pop
@@ -1017,6 +1030,8 @@ def _submitted(coll: _Collector, ids: list[str], req: Any) -> None:
         exc = e
     if exc is not None:
         coll.fail(ids, getattr(exc, "status", 0) or 500, getattr(exc, "code", None) or "failed", str(exc))
+    else:
+        coll.landed()
 
 
 def _cancel_call(client: _core.Client, coll: _Collector, call_id: str) -> None:
