@@ -157,11 +157,20 @@ def test_capture_is_consistent_while_a_writer_runs(session):
         sb.terminate()
 
 
+def _read_or_empty(sb, path):
+    # The entry command runs concurrently with create() returning: until it
+    # has written the file, there is none.
+    try:
+        return sb.read_file(path)
+    except sandlot.NotFoundError:
+        return b""
+
+
 def test_entry_command_is_recorded_and_rerun(session):
     sb = Sandbox.create(["sh", "-c", "echo started >> /srv/log; sleep 60"], timeout=60, session=session)
     try:
         deadline = time.monotonic() + 10
-        while sb.read_file("/srv/log") != b"started\n":
+        while _read_or_empty(sb, "/srv/log") != b"started\n":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         snap = sb.snapshot()
@@ -170,7 +179,7 @@ def test_entry_command_is_recorded_and_rerun(session):
     assert snap.cmd == ("sh", "-c", "echo started >> /srv/log; sleep 60")
     with Sandbox.create(snapshot=snap, timeout=60, session=session) as r:
         deadline = time.monotonic() + 10
-        while r.read_file("/srv/log") != b"started\nstarted\n":
+        while _read_or_empty(r, "/srv/log") != b"started\nstarted\n":
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
