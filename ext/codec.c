@@ -651,5 +651,9 @@ PyMethodDef sl_codec_methods[] = {
     {"packb", (PyCFunction)sl_packb, METH_O, sl_packb_doc},
     {"unpackb", (PyCFunction)(void (*)(void))sl_unpackb, METH_VARARGS | METH_KEYWORDS,
      sl_unpackb_doc},
+    {"json_dumps_fast", (PyCFunction)(void (*)(void))sl_json_dumps_fast, METH_FASTCALL,
+     "json_dumps_fast(obj, prefix=b'', /) -> bytes | None\n\nprefix + json.dumps(obj, "
+     "separators=(',', ':')).encode() for plain data (None, bool, int, float, str, list, "
+     "tuple, dict with str keys); None when json.dumps must be used instead."},
     {NULL, NULL, 0, NULL},
 };

@@ -29,6 +29,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -42,8 +43,13 @@
 
 #define SL_WAIT_SLICE_NS ((int64_t)100 * 1000000) /* signal check interval */
 
+/* A ref is backed either by a request of its own (req) or by item `index`
+ * of a PromiseBatch (batch; req is NULL), which map() uses so that one
+ * chunk's thousand refs cost no thousand requests (see promise.c). */
 typedef struct {
     PyObject_HEAD sl_req *req;
+    PyObject *batch; /* PromiseBatch of a batch item (strong), else NULL */
+    Py_ssize_t index;
     PyObject *transform; /* callable or NULL; cleared once applied */
     PyObject *value;     /* materialised value (when mat == MAT_DONE and exc == NULL) */
     PyObject *exc;       /* materialised exception instance */
@@ -53,6 +59,32 @@ typedef struct {
 } OpRef;
 
 enum { MAT_NONE = 0, MAT_BUSY = 1, MAT_DONE = 2 };
+
+static int ref_state(const OpRef *self)
+{
+    return self->req != NULL ? sl_req_state(self->req) : sl_batch_state(self->batch, self->index);
+}
+
+static const char *ref_method(const OpRef *self)
+{
+    return self->req != NULL ? sl_req_method(self->req) : "POST";
+}
+
+static const char *ref_path(const OpRef *self)
+{
+    return self->req != NULL ? sl_req_path(self->req) : sl_batch_label(self->batch);
+}
+
+static int ref_watch(OpRef *self, sl_watch *w)
+{
+    return self->req != NULL ? sl_req_watch(self->req, w)
+                             : sl_batch_watch(self->batch, self->index, w);
+}
+
+static int ref_do_cancel(OpRef *self)
+{
+    return self->req != NULL ? sl_req_cancel(self->req) : sl_batch_cancel(self->batch, self->index);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Materialising the outcome                                                 */
@@ -142,10 +174,10 @@ static PyObject *error_from_body(sl_modstate *st, OpRef *self, const sl_result *
         PyUnicode_DecodeUTF8(r->body != NULL ? r->body : "", (Py_ssize_t)n, "replace");
     if (snippet == NULL)
         return sl_exc_fetch();
-    PyObject *msg = PyUnicode_FromFormat("HTTP %ld from %s %s with a body that is not a msgpack "
-                                         "error (%zu bytes): %R",
-                                         r->status, sl_req_method(self->req),
-                                         sl_req_path(self->req), r->body_len, snippet);
+    PyObject *msg =
+        PyUnicode_FromFormat("HTTP %ld from %s %s with a body that is not a msgpack "
+                             "error (%zu bytes): %R",
+                             r->status, ref_method(self), ref_path(self), r->body_len, snippet);
     Py_DECREF(snippet);
     if (msg == NULL)
         return sl_exc_fetch();
@@ -160,8 +192,28 @@ static PyObject *error_from_body(sl_modstate *st, OpRef *self, const sl_result *
 static void compute(OpRef *self, PyObject **value, PyObject **exc)
 {
     sl_modstate *st = sl_modstate_of_type(Py_TYPE(self));
-    const sl_result *r = sl_req_result(self->req);
     *value = *exc = NULL;
+    if (self->req == NULL) {
+        if (ref_state(self) == SL_REQ_ORPHANED) {
+            *exc = map_error(st, 0, "unavailable",
+                             "the map() chunk was in flight when this process forked; its "
+                             "outcome goes to the parent process only");
+            return;
+        }
+        /* The ref now stores an outcome: it and its siblings must be
+         * tracked (sl_batch_expose) unless that outcome cannot hold them. */
+        PyObject *v = sl_batch_value(self->batch, self->index);
+        if (v != NULL)
+            *value = Py_NewRef(v);
+        else if ((v = sl_batch_fallback(self->batch, self->index)) != NULL)
+            *value = v;
+        else
+            *exc = sl_exc_fetch();
+        if (*exc != NULL || PyObject_IS_GC(*value))
+            sl_batch_expose(self->batch);
+        return;
+    }
+    const sl_result *r = sl_req_result(self->req);
     if (r->fail != SL_FAIL_NONE) {
         *exc = map_error(st, r->status, fail_code(r->fail), r->message);
         return;
@@ -183,7 +235,7 @@ static void compute(OpRef *self, PyObject **value, PyObject **exc)
         }
         PyObject *msg =
             PyUnicode_FromFormat("invalid msgpack in the HTTP %ld response to %s %s: %U", r->status,
-                                 sl_req_method(self->req), sl_req_path(self->req), text);
+                                 ref_method(self), ref_path(self), text);
         Py_DECREF(text);
         PyObject *code = msg != NULL ? PyUnicode_FromString("internal") : NULL;
         *exc = code != NULL ? map_error_obj(st, r->status, code, msg) : sl_exc_fetch();
@@ -237,7 +289,8 @@ static int materialise(OpRef *self)
     self->value = value;
     self->exc = exc;
     self->mat = MAT_DONE;
-    sl_req_drop_body(self->req);
+    if (self->req != NULL)
+        sl_req_drop_body(self->req);
     return 0;
 }
 
@@ -259,7 +312,7 @@ static PyObject *raise_cancelled(OpRef *self)
 /* Wait (GIL released) until not pending. timeout_s < 0: forever. */
 static int wait_done(OpRef *self, double timeout_s)
 {
-    if (sl_req_state(self->req) != SL_REQ_PENDING)
+    if (ref_state(self) != SL_REQ_PENDING)
         return 0;
     int64_t deadline = -1;
     if (timeout_s >= 0) {
@@ -272,13 +325,19 @@ static int wait_done(OpRef *self, double timeout_s)
         if (deadline >= 0 && deadline < slice)
             slice = deadline;
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = sl_req_wait(self->req, slice);
+        /* The batch stays alive: this ref holds it. */
+        Py_BEGIN_ALLOW_THREADS rc = self->req != NULL
+                                        ? sl_req_wait(self->req, slice)
+                                        : sl_batch_wait(self->batch, self->index, slice);
         Py_END_ALLOW_THREADS if (rc == 0) return 0;
         if (PyErr_CheckSignals() < 0)
             return -1;
         if (deadline >= 0 && sl_now_ns() >= deadline) {
-            PyErr_Format(PyExc_TimeoutError, "OperationRef for %s %s not done after %g s",
-                         sl_req_method(self->req), sl_req_path(self->req), timeout_s);
+            /* PyErr_Format has no %g: format the number here. */
+            char secs[32];
+            snprintf(secs, sizeof(secs), "%g", timeout_s);
+            PyErr_Format(PyExc_TimeoutError, "OperationRef for %s %s not done after %s s",
+                         ref_method(self), ref_path(self), secs);
             return -1;
         }
     }
@@ -535,7 +594,7 @@ static void deliver(OpRef *ref, PyObject *fut)
             PyErr_WriteUnraisable(fut);
         return;
     }
-    if (sl_req_state(ref->req) == SL_REQ_CANCELLED) {
+    if (ref_state(ref) == SL_REQ_CANCELLED) {
         r = PyObject_CallMethod(fut, "cancel", NULL);
     } else if (materialise(ref) < 0) {
         PyObject *e = sl_exc_fetch();
@@ -735,27 +794,43 @@ static Waker *waker_for(sl_modstate *st, PyObject *loop)
 /* OperationRef                                                              */
 /* ------------------------------------------------------------------------ */
 
-PyObject *sl_opref_new(sl_modstate *st, sl_req *req, PyObject *transform)
+static OpRef *ref_alloc(sl_modstate *st, sl_req *req, PyObject *batch, Py_ssize_t index,
+                        PyObject *transform, bool track)
 {
     OpRef *self = PyObject_GC_New(OpRef, st->ref_type);
-    if (self == NULL) {
-        sl_req_unref(req);
+    if (self == NULL)
         return NULL;
-    }
     self->req = req;
+    self->batch = Py_XNewRef(batch);
+    self->index = index;
     self->transform = Py_XNewRef(transform);
     self->value = NULL;
     self->exc = NULL;
     self->weakreflist = NULL;
     self->mat = MAT_NONE;
     self->mat_thread = 0;
-    PyObject_GC_Track(self);
+    if (track)
+        PyObject_GC_Track(self);
+    return self;
+}
+
+PyObject *sl_opref_new(sl_modstate *st, sl_req *req, PyObject *transform)
+{
+    OpRef *self = ref_alloc(st, req, NULL, 0, transform, true);
+    if (self == NULL)
+        sl_req_unref(req);
     return (PyObject *)self;
+}
+
+PyObject *sl_opref_new_item(sl_modstate *st, PyObject *batch, Py_ssize_t i, bool track)
+{
+    return (PyObject *)ref_alloc(st, NULL, batch, i, NULL, track);
 }
 
 static int ref_traverse(OpRef *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->batch);
     Py_VISIT(self->transform);
     Py_VISIT(self->value);
     Py_VISIT(self->exc);
@@ -773,21 +848,39 @@ static int ref_clear(OpRef *self)
 static void ref_dealloc(OpRef *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
+    /* First, so that code run by the clears below (a __del__ that asks a
+     * sibling for its value) cannot have the batch track this ref again. */
+    if (self->batch != NULL)
+        sl_batch_forget(self->batch, self->index, (PyObject *)self);
+    PyObject_GC_UnTrack(self); /* a no-op for a batch ref never tracked */
     if (self->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)self);
     ref_clear(self);
     /* The transport holds its own reference while the transfer runs. */
-    sl_req_unref(self->req);
+    if (self->req != NULL)
+        sl_req_unref(self->req);
+    /* Not in ref_clear: a cleared ref must still have a state to report. */
+    Py_XDECREF(self->batch);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
 static PyObject *outcome(OpRef *self, bool want_exception)
 {
-    int s = sl_req_state(self->req);
+    int s = ref_state(self);
     if (s == SL_REQ_CANCELLED)
         return raise_cancelled(self);
+    if (self->req == NULL && s == SL_REQ_DONE && self->mat == MAT_NONE) {
+        /* The common map() case: the value sits in the batch's list. */
+        PyObject *v = sl_batch_value(self->batch, self->index);
+        if (v != NULL) {
+            if (want_exception)
+                return Py_NewRef(Py_None);
+            if (PyObject_IS_GC(v)) /* user code may make it hold a ref */
+                sl_batch_expose(self->batch);
+            return Py_NewRef(v);
+        }
+    }
     if (materialise(self) < 0)
         return NULL;
     if (want_exception)
@@ -797,24 +890,50 @@ static PyObject *outcome(OpRef *self, bool want_exception)
     return Py_NewRef(self->value);
 }
 
-static PyObject *ref_result(OpRef *self, PyObject *args, PyObject *kwargs)
+/* The timeout argument of result()/exception(), parsed by hand: vectorcall
+ * keeps result() on a completed ref to a few tens of nanoseconds, which is
+ * what collecting 10,000 map() results costs per item. */
+static int timeout_arg(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames, PyObject **t)
 {
-    static char *kwlist[] = {"timeout", NULL};
-    PyObject *t = Py_None;
+    *t = Py_None;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zd given)", fname,
+                     nargs + nkw);
+        return -1;
+    }
+    if (nargs == 1) {
+        *t = args[0];
+    } else if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "timeout") != 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                         name);
+            return -1;
+        }
+        *t = args[0];
+    }
+    return 0;
+}
+
+static PyObject *ref_result(OpRef *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *t;
     double timeout;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:result", kwlist, &t) ||
-        parse_timeout(t, &timeout) < 0 || wait_done(self, timeout) < 0)
+    if (timeout_arg("result", args, nargs, kwnames, &t) < 0 || parse_timeout(t, &timeout) < 0 ||
+        wait_done(self, timeout) < 0)
         return NULL;
     return outcome(self, false);
 }
 
-static PyObject *ref_exception(OpRef *self, PyObject *args, PyObject *kwargs)
+static PyObject *ref_exception(OpRef *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
 {
-    static char *kwlist[] = {"timeout", NULL};
-    PyObject *t = Py_None;
+    PyObject *t;
     double timeout;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:exception", kwlist, &t) ||
-        parse_timeout(t, &timeout) < 0 || wait_done(self, timeout) < 0)
+    if (timeout_arg("exception", args, nargs, kwnames, &t) < 0 || parse_timeout(t, &timeout) < 0 ||
+        wait_done(self, timeout) < 0)
         return NULL;
     return outcome(self, true);
 }
@@ -822,19 +941,19 @@ static PyObject *ref_exception(OpRef *self, PyObject *args, PyObject *kwargs)
 static PyObject *ref_done(OpRef *self, PyObject *unused)
 {
     (void)unused;
-    return PyBool_FromLong(sl_req_state(self->req) != SL_REQ_PENDING);
+    return PyBool_FromLong(ref_state(self) != SL_REQ_PENDING);
 }
 
 static PyObject *ref_cancelled(OpRef *self, PyObject *unused)
 {
     (void)unused;
-    return PyBool_FromLong(sl_req_state(self->req) == SL_REQ_CANCELLED);
+    return PyBool_FromLong(ref_state(self) == SL_REQ_CANCELLED);
 }
 
 static PyObject *ref_cancel(OpRef *self, PyObject *unused)
 {
     (void)unused;
-    return PyBool_FromLong(sl_req_cancel(self->req));
+    return PyBool_FromLong(ref_do_cancel(self));
 }
 
 static PyObject *ref_add_done_callback(OpRef *self, PyObject *fn)
@@ -844,7 +963,7 @@ static PyObject *ref_add_done_callback(OpRef *self, PyObject *fn)
                      Py_TYPE(fn)->tp_name);
         return NULL;
     }
-    if (sl_req_state(self->req) != SL_REQ_PENDING) {
+    if (ref_state(self) != SL_REQ_PENDING) {
         call_callback(fn, (PyObject *)self);
         Py_RETURN_NONE;
     }
@@ -858,11 +977,14 @@ static PyObject *ref_add_done_callback(OpRef *self, PyObject *fn)
     n->disp = d;
     n->fn = Py_NewRef(fn);
     n->ref = Py_NewRef((PyObject *)self);
-    if (sl_req_watch(self->req, &n->w) < 0) { /* completed meanwhile */
+    int rc = ref_watch(self, &n->w);
+    if (rc < 0) {
         Py_DECREF(n->fn);
         Py_DECREF(n->ref);
         free(n);
-        call_callback(fn, (PyObject *)self);
+        if (rc == -ENOMEM)
+            return PyErr_NoMemory();
+        call_callback(fn, (PyObject *)self); /* completed meanwhile */
     }
     Py_RETURN_NONE;
 }
@@ -878,7 +1000,7 @@ static PyObject *ref_on_future_done(OpRef *self, PyObject *fut)
     if (c < 0)
         return NULL;
     if (c)
-        sl_req_cancel(self->req);
+        ref_do_cancel(self);
     Py_RETURN_NONE;
 }
 
@@ -897,7 +1019,7 @@ static PyObject *ref_await(OpRef *self)
     PyObject *fut = PyObject_CallMethod(loop, "create_future", NULL);
     if (fut == NULL)
         goto out;
-    if (sl_req_state(self->req) != SL_REQ_PENDING) {
+    if (ref_state(self) != SL_REQ_PENDING) {
         deliver(self, fut); /* no round trip through the waker */
     } else {
         Waker *k = waker_for(st, loop);
@@ -921,9 +1043,14 @@ static PyObject *ref_await(OpRef *self)
         n->waker = k; /* takes the reference */
         n->ref = Py_NewRef((PyObject *)self);
         n->fut = Py_NewRef(fut);
-        if (sl_req_watch(self->req, &n->w) < 0) {
+        int rc = ref_watch(self, &n->w);
+        if (rc < 0) {
             free_aw_node(n);
-            deliver(self, fut);
+            if (rc == -ENOMEM) {
+                PyErr_NoMemory();
+                goto out;
+            }
+            deliver(self, fut); /* completed meanwhile */
         }
     }
     PyTypeObject *ft = Py_TYPE(fut);
@@ -940,15 +1067,18 @@ out:
 static PyObject *ref_repr(OpRef *self)
 {
     static const char *const names[] = {"pending", "done", "cancelled", "orphaned"};
-    int s = sl_req_state(self->req);
-    return PyUnicode_FromFormat("<OperationRef %s %s %s>", sl_req_method(self->req),
-                                sl_req_path(self->req), names[s]);
+    int s = ref_state(self);
+    if (self->req == NULL)
+        return PyUnicode_FromFormat("<OperationRef %s %s[%zd] %s>", ref_method(self),
+                                    ref_path(self), self->index, names[s]);
+    return PyUnicode_FromFormat("<OperationRef %s %s %s>", ref_method(self), ref_path(self),
+                                names[s]);
 }
 
 static PyMethodDef ref_methods[] = {
-    {"result", (PyCFunction)(void (*)(void))ref_result, METH_VARARGS | METH_KEYWORDS,
+    {"result", (PyCFunction)(void (*)(void))ref_result, METH_FASTCALL | METH_KEYWORDS,
      "result(timeout=None)\n--\n\nBlock (GIL released) until done; return the value or raise."},
-    {"exception", (PyCFunction)(void (*)(void))ref_exception, METH_VARARGS | METH_KEYWORDS,
+    {"exception", (PyCFunction)(void (*)(void))ref_exception, METH_FASTCALL | METH_KEYWORDS,
      "exception(timeout=None)\n--\n\nBlock until done; return the exception or None."},
     {"done", (PyCFunction)ref_done, METH_NOARGS, "True once completed or cancelled."},
     {"cancelled", (PyCFunction)ref_cancelled, METH_NOARGS, "True if cancelled."},

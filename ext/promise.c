@@ -13,10 +13,17 @@
  * (ref.cancel(), a cancelled awaiting task) runs with the GIL held.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "sl_ext.h"
 #include "sl_promise.h"
+#include "structmember.h"
 
 int sl_promise_add_type(PyObject *module, sl_modstate *st);
 
@@ -222,67 +229,162 @@ static PyType_Spec promise_spec = {
 /* PromiseBatch: n refs completed together                                   */
 /* ------------------------------------------------------------------------ */
 
-/* A chunk of a map() comes back as one decoded list, so its refs are made
- * and completed in C, a few hundred nanoseconds each: ref i is resolved with
- * the msgpack integer i as its body, and its transform is the batch itself,
- * which maps i to values[i] when kinds[i] is 'O' (or kinds is None) and
- * otherwise calls fallback(i) (which raises item i's exception). The value
- * is looked up only when someone first asks. */
-
-struct Batch;
-
-typedef struct {
-    sl_watch w; /* first: the watch pointer is the node pointer */
-    struct Batch *owner;
-    Py_ssize_t index;
-} batch_node;
+/* A chunk of a map() comes back as one decoded list, so its n refs share one
+ * C object instead of each owning an sl_req (a ~1 KiB calloc, a mutex and a
+ * condvar, a copied body and a global lock to resolve it): a ref of a batch
+ * is (batch, index), its state is one byte of the batch's array, and its
+ * value is values[index], read straight from the list without decoding
+ * anything. Creating, completing and freeing a ref is then a Python object
+ * allocation and a few stores; this is what lets map() approach
+ * ProcessPoolExecutor's per-item cost.
+ *
+ * Every writer (complete, cancel, watch registration) runs with the GIL
+ * held, so they never race each other; the mutex and condvar exist for
+ * result() waiting with the GIL released. The batch owns no reference to
+ * its refs (they reference it; it only borrows pointers to them, see
+ * sl_batch_expose), so no cycle ties a chunk's refs together and a consumed
+ * batch is freed by reference counting alone. */
 
 typedef struct Batch {
     PyObject_HEAD Py_ssize_t n;
-    sl_req **reqs;
-    batch_node *nodes; /* NULL without on_cancel; freed after every req completed */
-    PyObject *refs;    /* list of the n OperationRefs */
+    _Atomic(unsigned char) *state; /* n x enum sl_req_state (never ORPHANED) */
+    sl_watch **watches;            /* n LIFO lists, allocated on first watch; under mu */
+    pthread_mutex_t mu;            /* pairs with cond for waiters */
+    pthread_cond_t cond;
+    unsigned gen; /* fork generation: pending items of a parent are orphaned here */
+    bool sync_ok; /* mu and cond initialised */
+    char *label;  /* the refs' repr path */
     PyObject *on_cancel;
     PyObject *fallback; /* fallback(i): item i's outcome when not in values */
     PyObject *values;   /* list of n values, set by complete() */
     PyObject *kinds;    /* str of n 'O'/other, or NULL: all values */
+    PyObject *weakreflist;
+    /* The refs of the first refs() call, borrowed (a ref clears its slot
+     * when freed), while they are not tracked by the cycle collector; see
+     * sl_batch_expose. NULL once exposed. */
+    PyObject **untracked;
+    bool refs_made;
 } Batch;
 
-static void batch_cancel_watch(sl_watch *w, sl_req *req)
+static bool batch_orphaned(const Batch *b)
 {
-    batch_node *n = (batch_node *)w;
-    if (sl_req_state(req) != SL_REQ_CANCELLED)
-        return;
-    PyGILState_STATE gs = PyGILState_Ensure();
-    PyObject *cb = n->owner->on_cancel;
-    if (cb != NULL) {
-        Py_INCREF(cb);
-        PyObject *r = PyObject_CallFunction(cb, "n", n->index);
+    return b->gen != sl_transport_gen();
+}
+
+int sl_batch_state(PyObject *obj, Py_ssize_t i)
+{
+    Batch *b = (Batch *)obj;
+    int s = atomic_load_explicit(&b->state[i], memory_order_acquire);
+    if (s == SL_REQ_PENDING && batch_orphaned(b))
+        return SL_REQ_ORPHANED;
+    return s;
+}
+
+int sl_batch_wait(PyObject *obj, Py_ssize_t i, int64_t deadline_ns)
+{
+    Batch *b = (Batch *)obj;
+    if (sl_batch_state(obj, i) != SL_REQ_PENDING)
+        return 0;
+    struct timespec ts = sl_timespec_of_ns(deadline_ns);
+    pthread_mutex_lock(&b->mu);
+    while (atomic_load(&b->state[i]) == SL_REQ_PENDING) {
+        if (deadline_ns < 0)
+            pthread_cond_wait(&b->cond, &b->mu);
+        else if (pthread_cond_timedwait(&b->cond, &b->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    bool done = atomic_load(&b->state[i]) != SL_REQ_PENDING;
+    pthread_mutex_unlock(&b->mu);
+    return done ? 0 : -ETIMEDOUT;
+}
+
+int sl_batch_watch(PyObject *obj, Py_ssize_t i, sl_watch *w)
+{
+    Batch *b = (Batch *)obj;
+    if (sl_batch_state(obj, i) != SL_REQ_PENDING)
+        return -EALREADY;
+    pthread_mutex_lock(&b->mu);
+    if (b->watches == NULL) {
+        b->watches = calloc((size_t)b->n, sizeof(*b->watches));
+        if (b->watches == NULL) {
+            pthread_mutex_unlock(&b->mu);
+            return -ENOMEM;
+        }
+    }
+    w->next = b->watches[i];
+    b->watches[i] = w;
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+/* Run a detached LIFO watch list in registration order (C only). */
+static void run_watches(sl_watch *list)
+{
+    sl_watch *ordered = NULL;
+    while (list != NULL) {
+        sl_watch *next = list->next;
+        list->next = ordered;
+        ordered = list;
+        list = next;
+    }
+    while (ordered != NULL) {
+        sl_watch *next = ordered->next; /* fn may hand w to a thread that frees it */
+        ordered->fn(ordered, NULL);
+        ordered = next;
+    }
+}
+
+int sl_batch_cancel(PyObject *obj, Py_ssize_t i)
+{
+    Batch *b = (Batch *)obj;
+    if (sl_batch_state(obj, i) != SL_REQ_PENDING)
+        return 0;
+    pthread_mutex_lock(&b->mu);
+    atomic_store_explicit(&b->state[i], SL_REQ_CANCELLED, memory_order_release);
+    sl_watch *list = NULL;
+    if (b->watches != NULL) {
+        list = b->watches[i];
+        b->watches[i] = NULL;
+    }
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->mu);
+    run_watches(list);
+    if (b->on_cancel != NULL) {
+        PyObject *cb = Py_NewRef(b->on_cancel);
+        PyObject *r = PyObject_CallFunction(cb, "n", i);
         if (r == NULL)
             PyErr_WriteUnraisable(cb);
         Py_XDECREF(r);
         Py_DECREF(cb);
     }
-    PyGILState_Release(gs);
+    return 1;
 }
 
-/* msgpack of a non-negative index: fixint, uint16 or uint32. */
-static size_t pack_index(Py_ssize_t i, char *out)
+PyObject *sl_batch_value(PyObject *obj, Py_ssize_t i)
 {
-    if (i < 128) {
-        out[0] = (char)i;
-        return 1;
+    Batch *b = (Batch *)obj;
+    if (b->values != NULL && i < PyList_GET_SIZE(b->values) &&
+        (b->kinds == NULL || PyUnicode_READ_CHAR(b->kinds, i) == 'O'))
+        return PyList_GET_ITEM(b->values, i);
+    return NULL;
+}
+
+PyObject *sl_batch_fallback(PyObject *obj, Py_ssize_t i)
+{
+    Batch *b = (Batch *)obj;
+    if (b->fallback != NULL) {
+        PyObject *fb = Py_NewRef(b->fallback); /* it may drop the batch's reference */
+        PyObject *r = PyObject_CallFunction(fb, "n", i);
+        Py_DECREF(fb);
+        return r;
     }
-    if (i < 65536) {
-        out[0] = (char)0xcd;
-        out[1] = (char)((i >> 8) & 0xff);
-        out[2] = (char)(i & 0xff);
-        return 3;
-    }
-    out[0] = (char)0xce;
-    for (int k = 0; k < 4; k++)
-        out[1 + k] = (char)(((uint64_t)i >> (8 * (3 - k))) & 0xff);
-    return 5;
+    PyErr_Format(PyExc_RuntimeError, "no outcome for item %zd of a promise batch", i);
+    return NULL;
+}
+
+const char *sl_batch_label(PyObject *obj)
+{
+    return ((Batch *)obj)->label;
 }
 
 static int batch_init(Batch *self, PyObject *args, PyObject *kwargs)
@@ -294,7 +396,7 @@ static int batch_init(Batch *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sn|OO", kwlist, &label, &n, &fallback,
                                      &on_cancel))
         return -1;
-    if (self->reqs != NULL || self->refs != NULL) {
+    if (self->state != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "PromiseBatch already initialised");
         return -1;
     }
@@ -302,77 +404,113 @@ static int batch_init(Batch *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "n must be in [0, 2**31], got %zd", n);
         return -1;
     }
+    if (label[0] != '/') {
+        PyErr_Format(PyExc_ValueError, "bad promise label %R (a path starting with '/')",
+                     PyTuple_GET_ITEM(args, 0));
+        return -1;
+    }
     if ((fallback != Py_None && !PyCallable_Check(fallback)) ||
         (on_cancel != Py_None && !PyCallable_Check(on_cancel))) {
         PyErr_SetString(PyExc_TypeError, "fallback and on_cancel must be callables or None");
         return -1;
     }
-    if (ensure_endpoint() < 0)
-        return -1;
-    PyObject *refs = PyList_New(n);
-    if (refs == NULL)
-        return -1;
-    self->reqs = calloc(n > 0 ? (size_t)n : 1, sizeof(*self->reqs));
-    if (on_cancel != Py_None)
-        self->nodes = calloc(n > 0 ? (size_t)n : 1, sizeof(*self->nodes));
-    if (self->reqs == NULL || (on_cancel != Py_None && self->nodes == NULL)) {
-        Py_DECREF(refs);
+    self->label = strdup(label);
+    /* calloc: every item starts SL_REQ_PENDING (0). */
+    self->state = calloc(n > 0 ? (size_t)n : 1, sizeof(*self->state));
+    if (self->label == NULL || self->state == NULL) {
+        free(self->label);
+        free(self->state);
+        self->label = NULL;
+        self->state = NULL;
         PyErr_NoMemory();
         return -1;
     }
-    self->refs = refs;
+    int rc = -pthread_mutex_init(&self->mu, NULL);
+    if (rc == 0) {
+        rc = sl_monotonic_cond_init(&self->cond);
+        if (rc != 0)
+            pthread_mutex_destroy(&self->mu);
+    }
+    if (rc != 0) {
+        errno = -rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1; /* dealloc frees state and label */
+    }
+    self->sync_ok = true;
+    self->gen = sl_transport_gen();
+    self->n = n;
     self->on_cancel = on_cancel != Py_None ? Py_NewRef(on_cancel) : NULL;
     self->fallback = fallback != Py_None ? Py_NewRef(fallback) : NULL;
-    sl_modstate *st = sl_modstate_of_type(Py_TYPE(self));
-    for (Py_ssize_t i = 0; i < n; i++) {
-        sl_req *req;
-        int rc = sl_req_new(g_ep, "POST", label, NULL, 0, 0, 0, &req);
-        if (rc < 0) {
-            if (rc == -ENOMEM)
-                PyErr_NoMemory();
-            else
-                PyErr_Format(PyExc_ValueError, "bad promise label %R (a path starting with '/')",
-                             PyTuple_GET_ITEM(args, 0));
-            return -1; /* dealloc fails and frees the i made so far */
-        }
-        if (self->nodes != NULL) {
-            batch_node *node = &self->nodes[i];
-            node->w.fn = batch_cancel_watch;
-            node->owner = self;
-            node->index = i;
-            (void)sl_req_watch(req, &node->w); /* cannot fail: nobody else has req */
-        }
-        sl_req_ref(req); /* one for us, one stolen by the ref */
-        PyObject *ref = sl_opref_new(st, req, (PyObject *)self);
-        if (ref == NULL) {
-            /* The watch must not outlive the nodes: complete req now. */
-            (void)sl_req_resolve(req, 500, g_dropped, sizeof(g_dropped) - 1);
-            sl_req_unref(req);
-            return -1;
-        }
-        self->reqs[i] = req;
-        self->n = i + 1;
-        PyList_SET_ITEM(refs, i, ref);
-    }
     return 0;
 }
 
-/* The transform of every ref: index -> value, or fallback(index). */
-static PyObject *batch_call(Batch *self, PyObject *args, PyObject *kwargs)
+static bool batch_ready(Batch *self)
 {
-    Py_ssize_t i;
-    if (kwargs != NULL || !PyArg_ParseTuple(args, "n", &i)) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "PromiseBatch takes one index");
-        return NULL;
+    if (self->state != NULL && self->sync_ok)
+        return true;
+    PyErr_SetString(PyExc_RuntimeError, "PromiseBatch not initialised");
+    return false;
+}
+
+/* Why refs start untracked: 10,000 tracked refs that live through a map()
+ * are promoted to the oldest generation and trigger full collections of the
+ * whole heap, ~1.2 ms per 10,000-item map (more than creating them). A ref
+ * of a batch can only be part of a cycle through the batch: its fallback
+ * and on_cancel (which map() keeps free of user objects: see _Chunk) or a
+ * value a ref handed out, which user code could make point back at a ref.
+ * So the refs stay untracked until a ref hands out a value that is itself
+ * a container (a list, a dict, even one not tracked yet), or an exception;
+ * then every ref of the batch is tracked, as any other ref is. A map of
+ * numbers or strings never pays for the collector. */
+void sl_batch_expose(PyObject *obj)
+{
+    Batch *b = (Batch *)obj;
+    PyObject **refs = b->untracked;
+    if (refs == NULL)
+        return;
+    b->untracked = NULL;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        if (refs[i] != NULL && !PyObject_GC_IsTracked(refs[i]))
+            PyObject_GC_Track(refs[i]);
     }
-    if (self->values != NULL && i >= 0 && i < PyList_GET_SIZE(self->values) &&
-        (self->kinds == NULL || PyUnicode_READ_CHAR(self->kinds, i) == 'O'))
-        return Py_NewRef(PyList_GET_ITEM(self->values, i));
-    if (self->fallback != NULL)
-        return PyObject_CallFunction(self->fallback, "n", i);
-    PyErr_Format(PyExc_RuntimeError, "no outcome for item %zd of a promise batch", i);
-    return NULL;
+    free(refs);
+}
+
+void sl_batch_forget(PyObject *obj, Py_ssize_t i, PyObject *ref)
+{
+    Batch *b = (Batch *)obj;
+    if (b->untracked != NULL && b->untracked[i] == ref)
+        b->untracked[i] = NULL;
+}
+
+/* refs(): n new OperationRefs, in order (the batch keeps none of them). */
+static PyObject *batch_refs(Batch *self, PyObject *unused)
+{
+    (void)unused;
+    if (!batch_ready(self))
+        return NULL;
+    sl_modstate *st = sl_modstate_of_type(Py_TYPE(self));
+    PyObject *list = PyList_New(self->n);
+    if (list == NULL)
+        return NULL;
+    /* Only the first call's refs start untracked (one slot per item). */
+    bool track = true;
+    if (!self->refs_made) {
+        self->refs_made = true;
+        self->untracked = calloc(self->n > 0 ? (size_t)self->n : 1, sizeof(*self->untracked));
+        track = self->untracked == NULL; /* out of memory: just track them */
+    }
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        PyObject *ref = sl_opref_new_item(st, (PyObject *)self, i, track);
+        if (ref == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        if (!track)
+            self->untracked[i] = ref;
+        PyList_SET_ITEM(list, i, ref);
+    }
+    return list;
 }
 
 static PyObject *batch_complete(Batch *self, PyObject *args, PyObject *kwargs)
@@ -380,6 +518,8 @@ static PyObject *batch_complete(Batch *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"values", "kinds", NULL};
     PyObject *values = Py_None, *kinds = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO", kwlist, &values, &kinds))
+        return NULL;
+    if (!batch_ready(self))
         return NULL;
     if (values != Py_None && (!PyList_Check(values) || PyList_GET_SIZE(values) != self->n)) {
         PyErr_Format(PyExc_ValueError, "values must be a list of %zd items", self->n);
@@ -391,29 +531,34 @@ static PyObject *batch_complete(Batch *self, PyObject *args, PyObject *kwargs)
                      self->n);
         return NULL;
     }
+    /* In a fork child nothing pending here can complete (as for requests). */
+    if (batch_orphaned(self))
+        return PyLong_FromLong(0);
+    Py_ssize_t pending = 0;
+    for (Py_ssize_t i = 0; i < self->n; i++)
+        pending += atomic_load_explicit(&self->state[i], memory_order_relaxed) == SL_REQ_PENDING;
+    if (pending == 0) /* a late second outcome must not change what done refs see */
+        return PyLong_FromLong(0);
     if (values != Py_None) {
         Py_XSETREF(self->values, Py_NewRef(values));
         Py_XSETREF(self->kinds, kinds != Py_None ? Py_NewRef(kinds) : NULL);
     }
-    Py_ssize_t done = 0;
+    pthread_mutex_lock(&self->mu);
     for (Py_ssize_t i = 0; i < self->n; i++) {
-        char body[5];
-        size_t len = pack_index(i, body);
-        int rc = sl_req_resolve(self->reqs[i], 200, body, len);
-        if (rc < 0)
-            return rc == -ENOMEM ? PyErr_NoMemory()
-                                 : PyErr_Format(PyExc_RuntimeError, "resolve: %d", rc);
-        done += rc;
+        if (atomic_load_explicit(&self->state[i], memory_order_relaxed) == SL_REQ_PENDING)
+            atomic_store_explicit(&self->state[i], SL_REQ_DONE, memory_order_release);
     }
-    return PyLong_FromSsize_t(done);
-}
-
-static PyObject *batch_get_refs(Batch *self, void *closure)
-{
-    (void)closure;
-    if (self->refs == NULL)
-        return PyList_New(0);
-    return Py_NewRef(self->refs);
+    /* Nothing is pending any more, so nobody can add a watch: take them all. */
+    sl_watch **watches = self->watches;
+    self->watches = NULL;
+    pthread_cond_broadcast(&self->cond);
+    pthread_mutex_unlock(&self->mu);
+    if (watches != NULL) {
+        for (Py_ssize_t i = 0; i < self->n; i++)
+            run_watches(watches[i]);
+        free(watches);
+    }
+    return PyLong_FromSsize_t(pending);
 }
 
 static Py_ssize_t batch_len(Batch *self)
@@ -424,7 +569,6 @@ static Py_ssize_t batch_len(Batch *self)
 static int batch_traverse(Batch *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->refs);
     Py_VISIT(self->on_cancel);
     Py_VISIT(self->fallback);
     Py_VISIT(self->values);
@@ -434,7 +578,6 @@ static int batch_traverse(Batch *self, visitproc visit, void *arg)
 
 static int batch_clear(Batch *self)
 {
-    Py_CLEAR(self->refs);
     Py_CLEAR(self->on_cancel);
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->values);
@@ -446,20 +589,27 @@ static void batch_dealloc(Batch *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    /* Fail what nobody can complete any more; this also runs (and so
-     * retires) every cancel watch before the nodes are freed. */
-    for (Py_ssize_t i = 0; i < self->n; i++) {
-        (void)sl_req_resolve(self->reqs[i], 500, g_dropped, sizeof(g_dropped) - 1);
-        sl_req_unref(self->reqs[i]);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    /* Every ref and every watch node (which holds its ref) is gone, so
+     * nobody waits here. In a fork child the mutex may be held by a thread
+     * that no longer exists: leave it. */
+    if (self->sync_ok && !batch_orphaned(self)) {
+        pthread_cond_destroy(&self->cond);
+        pthread_mutex_destroy(&self->mu);
     }
-    free(self->reqs);
-    free(self->nodes);
+    free(self->untracked); /* every ref is gone: all slots are NULL */
+    free(self->watches);
+    free(self->state);
+    free(self->label);
     batch_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
 
 static PyMethodDef batch_methods[] = {
+    {"refs", (PyCFunction)batch_refs, METH_NOARGS,
+     "refs()\n--\n\nn new OperationRefs for the items, in order (the batch keeps none)."},
     {"complete", (PyCFunction)(void (*)(void))batch_complete, METH_VARARGS | METH_KEYWORDS,
      "complete(values=None, kinds=None)\n--\n\nComplete every pending ref: ref i's "
      "value is values[i] when kinds is None or kinds[i] == 'O', else "
@@ -468,27 +618,21 @@ static PyMethodDef batch_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef batch_getset[] = {
-    {"refs", (getter)batch_get_refs, NULL, "The n OperationRefs, in order.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 PyDoc_STRVAR(batch_doc, "PromiseBatch(label, n, fallback=None, on_cancel=None)\n--\n\n"
-                        "n OperationRefs (.refs) completed together by complete(values, "
+                        "n OperationRefs (refs()) completed together by complete(values, "
                         "kinds). on_cancel(i) is called when ref i is cancelled.");
 
+static PyMemberDef batch_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Batch, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot batch_slots[] = {
-    {Py_tp_doc, (void *)batch_doc},
-    {Py_tp_init, batch_init},
-    {Py_tp_new, PyType_GenericNew},
-    {Py_tp_dealloc, batch_dealloc},
-    {Py_tp_traverse, batch_traverse},
-    {Py_tp_clear, batch_clear},
-    {Py_tp_methods, batch_methods},
-    {Py_tp_getset, batch_getset},
-    {Py_sq_length, batch_len},
-    {Py_tp_call, batch_call},
-    {0, NULL},
+    {Py_tp_members, batch_members}, {Py_tp_doc, (void *)batch_doc},
+    {Py_tp_init, batch_init},       {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, batch_dealloc}, {Py_tp_traverse, batch_traverse},
+    {Py_tp_clear, batch_clear},     {Py_tp_methods, batch_methods},
+    {Py_sq_length, batch_len},      {0, NULL},
 };
 
 static PyType_Spec batch_spec = {

@@ -25,6 +25,11 @@ int sl_py_pack(PyObject *obj, msgpack_sbuffer *out);
  * Returns a new reference, or NULL with ValueError set. */
 PyObject *sl_py_unpack(const char *buf, size_t len, size_t max_size, unsigned max_depth);
 
+/* json_dumps_fast(obj, prefix=b"", /) (ext/jsonenc.c): prefix +
+ * json.dumps(obj, separators=(",", ":")).encode() for plain data, or None
+ * when json.dumps itself must be used. */
+PyObject *sl_json_dumps_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 /* packb/unpackb for the module's method table (NULL-terminated). */
 extern PyMethodDef sl_codec_methods[];
 

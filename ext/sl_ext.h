@@ -12,6 +12,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdbool.h>
 
 #include "sl_transport.h"
 
@@ -40,8 +41,32 @@ int sl_opref_add_types(PyObject *module, sl_modstate *st);
 /* A new OperationRef for a request that is about to be submitted. Steals
  * the caller's reference to req, even on failure. transform may be NULL. */
 PyObject *sl_opref_new(sl_modstate *st, sl_req *req, PyObject *transform);
+/* A new OperationRef for item i of a PromiseBatch (holds the batch); not
+ * tracked by the cycle collector unless track (see sl_batch_expose). */
+PyObject *sl_opref_new_item(sl_modstate *st, PyObject *batch, Py_ssize_t i, bool track);
 /* Stop the done-callback dispatcher thread (interpreter exit; GIL held). */
 void sl_opref_shutdown(void);
+
+/* promise.c: the items of a PromiseBatch, for the OperationRefs that point
+ * into it. With the GIL, except sl_batch_state and sl_batch_wait (any thread,
+ * only C memory; the caller keeps the batch alive). Same conventions as the
+ * sl_req_* functions they stand in for. */
+int sl_batch_state(PyObject *batch, Py_ssize_t i); /* enum sl_req_state */
+int sl_batch_wait(PyObject *batch, Py_ssize_t i, int64_t deadline_ns);
+/* 1 if this call cancelled item i (its watches and on_cancel(i) have run). */
+int sl_batch_cancel(PyObject *batch, Py_ssize_t i);
+/* 0, -EALREADY if item i is no longer pending, -ENOMEM. */
+int sl_batch_watch(PyObject *batch, Py_ssize_t i, sl_watch *w);
+/* Item i's value when complete() carried it (borrowed), else NULL (no error). */
+PyObject *sl_batch_value(PyObject *batch, Py_ssize_t i);
+/* fallback(i): a new reference, or NULL with an exception set. */
+PyObject *sl_batch_fallback(PyObject *batch, Py_ssize_t i);
+const char *sl_batch_label(PyObject *batch);
+/* Track every untracked ref of the batch: a ref handed out a tracked value
+ * or stored an outcome (promise.c explains why refs start untracked). */
+void sl_batch_expose(PyObject *batch);
+/* Ref `ref` of item i is being freed: drop its borrowed slot. */
+void sl_batch_forget(PyObject *batch, Py_ssize_t i, PyObject *ref);
 
 /* client.c */
 int sl_client_add_type(PyObject *module, sl_modstate *st);

@@ -542,3 +542,71 @@ def test_pack_errors_leave_no_partial_state():
     with pytest.raises(TypeError):
         packb([1, 2, set()])
     assert packb([1, 2, 3]) == b"\x93\x01\x02\x03"
+
+
+# --- json_dumps_fast: json.dumps's bytes for plain data ----------------------------
+
+
+def _json_ref(v):
+    import json
+
+    return json.dumps(v, separators=(",", ":")).encode()
+
+
+def test_json_dumps_fast_matches_json_dumps():
+    cases = [None, True, False, 0, -1, 9, 10, -10, 2**63 - 1, -2**63, 2**63, -2**70, 1.5, 0.1, 1e300,
+             -0.0, 5e-324, float("nan"), float("inf"), -float("inf"), "", 'a"b\\c\n\r\t\b\f\x00\x1f\x7f',
+             "é€😀\ud800", [], (), {}, {"a": [1, (2, 3)], "b": {}}, [[(i,) for i in range(5)], None]]
+    for v in cases:
+        assert _core.json_dumps_fast(v) == _json_ref(v), v
+    assert _core.json_dumps_fast([1, "x"], b"\x00") == b'\x00[1,"x"]'
+
+
+def test_json_dumps_fast_random_plain_data():
+    import random
+
+    rnd = random.Random(7)
+
+    def gen(d=0):
+        k = rnd.randrange(9 if d < 5 else 6)
+        if k == 0:
+            return rnd.randrange(-10**20, 10**20)
+        if k == 1:
+            return rnd.random() * 10 ** rnd.randrange(-300, 300)
+        if k == 2:
+            return "".join(chr(rnd.choice([rnd.randrange(128), rnd.randrange(0x110000)])) for _ in range(5))
+        if k == 3:
+            return rnd.choice([None, True, False])
+        if k in (4, 5):
+            return rnd.randrange(-100, 100)
+        if k == 6:
+            return [gen(d + 1) for _ in range(rnd.randrange(4))]
+        if k == 7:
+            return tuple(gen(d + 1) for _ in range(rnd.randrange(4)))
+        return {str(rnd.random()): gen(d + 1) for _ in range(rnd.randrange(4))}
+
+    for _ in range(5000):
+        v = gen()
+        assert _core.json_dumps_fast(v) == _json_ref(v), v
+
+
+def test_json_dumps_fast_leaves_the_rest_to_json():
+    import enum
+
+    class I(int):
+        pass
+
+    class E(enum.IntEnum):
+        A = 1
+
+    loop = []
+    loop.append(loop)
+    deep = []
+    for _ in range(100):
+        deep = [deep]
+    for v in ({1: 2}, {None: 1}, {1.5: 1}, I(3), E.A, {1, 2}, b"x", loop, deep, [object()], {"a": {(1,): 2}}):
+        assert _core.json_dumps_fast(v) is None, v
+    with pytest.raises(TypeError):
+        _core.json_dumps_fast()
+    with pytest.raises(TypeError, match="prefix"):
+        _core.json_dumps_fast(1, "x")

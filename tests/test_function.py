@@ -410,6 +410,67 @@ def test_chunked_map_argument_errors_name_the_item(fns):
         f.map([(1, 2)], chunksize=0)
 
 
+def fail_every_1000(i):
+    if i % 1000 == 999:
+        raise ValueError(f"item {i}")
+    return {"i": i, "t": (i, "é")}
+
+
+def test_map_10000_batch_refs_per_item_failures_and_lifetimes(fns):
+    f = fns(fail_every_1000)
+    refs = f.map(range(10_000))
+    assert len(refs) == 10_000 and all(type(r) is sandlot._core.OperationRef for r in refs)
+    # Consume from the end: order is by item, not by completion.
+    last = refs[-1]
+    with pytest.raises(ValueError, match="item 9999"):
+        last.result(timeout=120)
+    keep = refs[4321]
+    out = []
+    for i, r in enumerate(refs):
+        if i % 1000 == 999:
+            assert isinstance(r.exception(timeout=60), ValueError)
+        else:
+            out.append(r.result(timeout=60))
+    # JSON semantics as for remote(): tuples come back as lists.
+    assert out == [{"i": i, "t": [i, "é"]} for i in range(10_000) if i % 1000 != 999]
+    del refs, out, last
+    assert keep.result() == {"i": 4321, "t": [4321, "é"]}  # outlives its siblings
+
+
+def test_map_refs_held_by_an_object_its_function_points_to_are_collected(fns):
+    import gc
+    import weakref
+
+    class Job:
+        pass
+
+    f = fns(add)
+    job = Job()
+    job.f = f
+    f.owner = job  # job -> f -> job: a cycle the collector must still free
+    job.refs = f.map([(i, 1) for i in range(100)], chunksize=10)
+    assert sandlot.results(job.refs, timeout=60) == [i + 1 for i in range(100)]
+    w = weakref.ref(job)
+    r = weakref.ref(job.refs[0])
+    del job, f.owner
+    gc.collect()
+    assert w() is None and r() is None
+
+
+def test_map_json_fallback_keeps_json_semantics(fns):
+    import enum
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    f = fns(kw)
+    # Values json.dumps handles specially (non-str keys, IntEnum) take the
+    # json.dumps path and arrive as json made them.
+    out = sandlot.results(f.map([({1: 2},), (Color.RED,), ((1, 2),)] * 10, chunksize=5), timeout=60)
+    assert out == [[{"1": 2}, 10, 100], [1, 10, 100], [[1, 2], 10, 100]] * 10
+    assert f.remote({None: 1.5}, b=float("inf")).result(timeout=60) == [{"null": 1.5}, float("inf"), 100]
+
+
 def test_map_10000_is_chunked(fns):
     f = fns(add)
     sandlot.results(f.map([(i, 1) for i in range(1000)]), timeout=60)  # warm the pool

@@ -183,7 +183,7 @@ def test_entry_command_is_recorded_and_rerun(session):
     assert snap.cmd == ("sh", "-c", "echo started >> /srv/log; sleep 60")
     with Sandbox.create(snapshot=snap, timeout=60, session=session) as r:
         deadline = time.monotonic() + 10
-        while r.read_file("/srv/log") != b"started\nstarted\n":
+        while read_or_empty(r, "/srv/log") != b"started\nstarted\n":
             assert time.monotonic() < deadline
             time.sleep(0.05)
 

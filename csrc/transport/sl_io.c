@@ -117,6 +117,14 @@ static void global_init(void)
     g_init_rc = rc == 0 ? 0 : -rc;
 }
 
+unsigned sl_transport_gen(void)
+{
+    /* The atfork handler that bumps the generation is registered here, so
+     * that a caller which never submitted a request still sees a fork. */
+    pthread_once(&g_once, global_init);
+    return sl__gen();
+}
+
 /* --- command queue ------------------------------------------------------ */
 
 int sl__tr_enqueue(sl__transport *t, sl__cmd *c)

@@ -29,6 +29,20 @@ static void condattr_init(void)
         g_condattr_rc = pthread_condattr_setclock(&g_condattr, CLOCK_MONOTONIC);
 }
 
+int sl_monotonic_cond_init(pthread_cond_t *cond)
+{
+    pthread_once(&g_condattr_once, condattr_init);
+    if (g_condattr_rc != 0)
+        return -g_condattr_rc;
+    return -pthread_cond_init(cond, &g_condattr);
+}
+
+struct timespec sl_timespec_of_ns(int64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    return ts;
+}
+
 int64_t sl_now_ns(void)
 {
     struct timespec ts;
@@ -196,11 +210,7 @@ int sl_req_wait(sl_req *req, int64_t deadline_ns)
 {
     if (sl_req_state(req) != SL_REQ_PENDING)
         return 0;
-    struct timespec ts;
-    if (deadline_ns >= 0) {
-        ts.tv_sec = deadline_ns / 1000000000;
-        ts.tv_nsec = deadline_ns % 1000000000;
-    }
+    struct timespec ts = sl_timespec_of_ns(deadline_ns);
     pthread_mutex_lock(&req->mu);
     while (atomic_load(&req->state) == SL_REQ_PENDING) {
         if (deadline_ns < 0) {

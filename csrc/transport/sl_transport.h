@@ -24,8 +24,10 @@
 #ifndef SL_TRANSPORT_H
 #define SL_TRANSPORT_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef struct sl_endpoint sl_endpoint;
 typedef struct sl_req sl_req;
@@ -133,10 +135,20 @@ int sl_transport_cancel_owner(uint64_t owner);
  * interpreter exit. Idempotent. */
 void sl_transport_shutdown(void);
 
+/* The fork generation, bumped in a fork child: things made by the parent
+ * that only its threads could complete compare it to know they never will. */
+unsigned sl_transport_gen(void);
+
 /* Number of sl_req objects alive in this process (for leak tests). */
 long sl_transport_live_requests(void);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t sl_now_ns(void);
+
+/* pthread_cond_init for CLOCK_MONOTONIC deadlines (sl_now_ns), as every wait
+ * with a deadline here uses: 0 or a negative errno. */
+int sl_monotonic_cond_init(pthread_cond_t *cond);
+/* ns (CLOCK_MONOTONIC) as an absolute timespec for pthread_cond_timedwait. */
+struct timespec sl_timespec_of_ns(int64_t ns);
 
 #endif

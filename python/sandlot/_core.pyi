@@ -28,6 +28,14 @@ def packb(obj: object) -> bytes:
     deeper than MAX_DEPTH raises ``ValueError``.
     """
 
+def json_dumps_fast(obj: object, prefix: bytes = ..., /) -> bytes | None:
+    """``prefix + json.dumps(obj, separators=(",", ":")).encode()`` (the same
+    bytes: ``ensure_ascii``, ``NaN``/``Infinity``, insertion order) in one C
+    pass, for exactly None, bool, int, float, str, list, tuple and dict with
+    str keys. Returns None for anything else (a subclass, a non-str key,
+    nesting deeper than 64, which may be a cycle): use ``json.dumps`` then, so
+    its errors and special cases stay its own."""
+
 def unpackb(data: bytes | bytearray | memoryview, *, max_depth: int = ..., max_size: int = ...) -> Any:
     """Decode one msgpack object. Input is checked with ``sl_mp_check`` first:
     too big, too deep, truncated, trailing bytes or a container count larger than
@@ -132,24 +140,39 @@ class Promise:
 
 class PromiseBatch:
     """``n`` ``OperationRef``s completed together (a ``map()`` chunk: one decoded
-    list of outcomes completes all its refs in one C call, ~0.1 µs a ref).
+    list of outcomes completes all its refs in one C call).
 
-    ``refs`` are ordinary refs (``result()``, ``await``, callbacks, ``cancel()``).
+    The refs from ``refs()`` are ordinary ``OperationRef``s (``result()``,
+    ``await``, callbacks, ``cancel()``) backed by one shared C object instead
+    of a request each: a ref is (batch, index), so creating, completing and
+    freeing one costs a Python object and a few stores. Each call of
+    ``refs()`` makes ``n`` new refs; the batch keeps none of them (the refs
+    keep the batch alive), so there is no reference cycle.
+
+    The refs of the first ``refs()`` call start untracked by the cycle
+    collector (10,000 tracked refs that survive a map() cost full
+    collections); they are all tracked as soon as one of them hands out a
+    container (list, dict, ...) or an exception, the only ways user code can
+    make a value point back at a ref. So ``fallback`` and ``on_cancel`` must
+    not reach the refs themselves (map() passes callables that reach no user
+    object).
+
     ``complete(values, kinds)`` completes every pending ref: ref ``i``'s value
     is ``values[i]`` when ``kinds`` is None or ``kinds[i] == "O"``, otherwise
     ``fallback(i)`` is called (with the GIL, when the value is first asked
     for) and its return value or exception is the outcome; ``complete()``
-    without values defers every ref to ``fallback``. ``on_cancel(i)`` is called
-    when ref ``i`` is cancelled. Dropping a batch with pending refs fails them
-    (the refs keep the batch alive, so that happens only once all are gone).
+    without values defers every ref to ``fallback``. Once nothing is pending,
+    further ``complete`` calls change nothing. ``on_cancel(i)`` is called
+    (with the GIL) when ref ``i`` is cancelled. Refs made before a ``fork()``
+    that are pending then fail in the child (``unavailable``).
     """
 
     def __init__(
         self, label: str, n: int, fallback: Callable[[int], Any] | None = None,
         on_cancel: Callable[[int], object] | None = None,
     ) -> None: ...
-    @property
-    def refs(self) -> list[OperationRef[Any]]: ...
+    def refs(self) -> list[OperationRef[Any]]:
+        """``n`` new refs, in item order."""
     def complete(self, values: list[Any] | None = None, kinds: str | None = None) -> int:
         """Complete every pending ref; returns how many this call completed."""
     def __len__(self) -> int: ...

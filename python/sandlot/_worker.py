@@ -63,13 +63,44 @@ def _describe_error(exc, pickle_ok):
     return json.dumps(info).encode()
 
 
+def _load_core():
+    """sandlot._core from next to this file, without importing the sandlot
+    package (whose import is much slower than a worker's start), or None."""
+    import glob
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for path in glob.glob(os.path.join(here, "_core" + suffix)):
+            try:
+                spec = importlib.util.spec_from_file_location("sandlot._core", path)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                return mod
+            except Exception:  # noqa: BLE001 - another image's interpreter: plain json
+                return None
+    return None
+
+
 def _codec(kind):
     if kind == "json":
         import json
 
         dumps = json.dumps
+        fast = [None, False]  # json_dumps_fast, looked up
 
         def enc(v):
+            # json.dumps's exact bytes; _core's C pass for plain data
+            # (results of a map chunk), loaded on first use.
+            if not fast[1]:
+                fast[1] = True
+                core = _load_core()
+                fast[0] = getattr(core, "json_dumps_fast", None)
+            if fast[0] is not None:
+                out = fast[0](v)
+                if out is not None:
+                    return out
             return dumps(v, separators=(",", ":")).encode()
 
         return enc, json.loads
@@ -98,21 +129,32 @@ def _run_chunk(fn, dec, enc, payload, kind, pickle_errors):
     or "E" (values[i] the JSON error description, as text)."""
     try:
         items, kws = dec(payload[1:])
+        if kws is not None and len(kws) != len(items):
+            raise ValueError(f"a map chunk of {len(items)} items with {len(kws)} kwargs")
     except BaseException as exc:  # noqa: BLE001
         return ord("E"), _describe_error(exc, pickle_errors)
-    kinds = []
+    # One try per chunk, not per item: the loop restarts after an item that
+    # raised (its error takes its place), so the usual all-ok chunk pays for
+    # no per-item bookkeeping at all.
     values = []
-    ok = kinds.append
     put = values.append
-    for i, args in enumerate(items):
+    failed = []
+    n = len(items)
+    while len(values) < n:
+        start = len(values)
         try:
-            v = fn(*args) if kws is None else fn(*args, **kws[i])
+            if kws is None:
+                for args in items[start:] if start else items:
+                    put(fn(*args))
+            else:
+                for args, kw in zip(items[start:], kws[start:]):
+                    put(fn(*args, **kw))
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker must live
-            ok("E")
+            failed.append(len(values))
             put(_describe_error(exc, pickle_errors).decode())
-        else:
-            ok("O")
-            put(v)
+    kinds = ["O"] * n
+    for i in failed:
+        kinds[i] = "E"
     try:
         data = enc(["".join(kinds), values])
     except BaseException:  # noqa: BLE001 - find the values that cannot travel
