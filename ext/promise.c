@@ -317,23 +317,6 @@ int sl_batch_watch(PyObject *obj, Py_ssize_t i, sl_watch *w)
     return 0;
 }
 
-/* Run a detached LIFO watch list in registration order (C only). */
-static void run_watches(sl_watch *list)
-{
-    sl_watch *ordered = NULL;
-    while (list != NULL) {
-        sl_watch *next = list->next;
-        list->next = ordered;
-        ordered = list;
-        list = next;
-    }
-    while (ordered != NULL) {
-        sl_watch *next = ordered->next; /* fn may hand w to a thread that frees it */
-        ordered->fn(ordered, NULL);
-        ordered = next;
-    }
-}
-
 int sl_batch_cancel(PyObject *obj, Py_ssize_t i)
 {
     Batch *b = (Batch *)obj;
@@ -348,7 +331,7 @@ int sl_batch_cancel(PyObject *obj, Py_ssize_t i)
     }
     pthread_cond_broadcast(&b->cond);
     pthread_mutex_unlock(&b->mu);
-    run_watches(list);
+    sl_watch_run_list(list, NULL);
     if (b->on_cancel != NULL) {
         PyObject *cb = Py_NewRef(b->on_cancel);
         PyObject *r = PyObject_CallFunction(cb, "n", i);
@@ -555,7 +538,7 @@ static PyObject *batch_complete(Batch *self, PyObject *args, PyObject *kwargs)
     pthread_mutex_unlock(&self->mu);
     if (watches != NULL) {
         for (Py_ssize_t i = 0; i < self->n; i++)
-            run_watches(watches[i]);
+            sl_watch_run_list(watches[i], NULL);
         free(watches);
     }
     return PyLong_FromSsize_t(pending);

@@ -189,6 +189,12 @@ int sl__req_complete(sl_req *req, int state)
     pthread_cond_broadcast(&req->cond);
     pthread_mutex_unlock(&req->mu);
 
+    sl_watch_run_list(list, req);
+    return 1;
+}
+
+void sl_watch_run_list(sl_watch *list, sl_req *req)
+{
     /* Watches were pushed LIFO; run them in registration order. Read next
      * before calling fn, which may hand w to another thread that frees it. */
     sl_watch *ordered = NULL;
@@ -203,7 +209,6 @@ int sl__req_complete(sl_req *req, int state)
         ordered->fn(ordered, req);
         ordered = next;
     }
-    return 1;
 }
 
 int sl_req_wait(sl_req *req, int64_t deadline_ns)

@@ -113,6 +113,11 @@ int sl_req_cancel(sl_req *req);
  * longer pending (w will not run; the caller handles completion itself). */
 int sl_req_watch(sl_req *req, sl_watch *w);
 
+/* Run a detached list of watches (pushed LIFO) in registration order, each
+ * with req (NULL for watches of something other than a request, e.g. the
+ * extension's batch refs). */
+void sl_watch_run_list(sl_watch *list, sl_req *req);
+
 /* The outcome once sl_req_state() is SL_REQ_DONE or SL_REQ_ORPHANED (the
  * latter is a synthesised "unavailable"). NULL while pending or cancelled. */
 const sl_result *sl_req_result(const sl_req *req);
