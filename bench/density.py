@@ -31,12 +31,11 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from _runner import start_runner
 
 KERNEL_KEYS = ("Slab", "KernelStack", "PageTables", "Percpu", "Shmem")
 DETAIL_KEYS = ("SReclaimable", "SUnreclaim", "KernelStack", "PageTables", "Percpu", "Shmem")
@@ -106,32 +105,11 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def start_runner(base: Path):
-    import sandlot
-
-    here = Path(sandlot.__file__).resolve().parent
-    binary = os.environ.get("SANDLOT_RUNNER_BIN") or str(here / "_bin" / "sandlotd")
-    sock = base / "sandlotd.sock"
-    cmd = [binary, "--socket", str(sock), "--state-dir", str(base / "state"), "--log-file", str(base / "log")]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
-    session = sandlot.Session(f"unix://{sock}")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            session.health()
-            return proc, session
-        except sandlot.RunnerUnavailableError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"sandlotd did not start (exit {proc.poll()}); see {base / 'log'}")
-            time.sleep(0.05)
-
-
 def bench_sandlot(n: int) -> tuple[dict, object, list]:
     import sandlot
 
-    base = Path(tempfile.mkdtemp(prefix="sl-density-"))
-    os.chmod(base, 0o700)
-    proc, session = start_runner(base)
+    runner = start_runner(prefix="sl-density-")
+    proc, session = runner.proc, sandlot.Session(runner.url)
     # Warm up: first sandbox, cgroup parents, connection pool.
     with sandlot.Sandbox.create(["true"], session=session) as sb:
         sb.wait()
@@ -172,22 +150,17 @@ def bench_sandlot(n: int) -> tuple[dict, object, list]:
     )
     for k in ("system", "accounted"):
         res[f"{k}_beyond_program_per_box"] = res[f"{k}_per_box"] - res["program_per_box"]
-    return res, (proc, session, base, before), boxes
+    return res, (runner, session, before), boxes
 
 
 def teardown_sandlot(state, boxes: list) -> dict:
-    proc, _session, base, before = state
+    runner, _session, before = state
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(4) as ex:
         list(ex.map(lambda sb: sb.terminate(), boxes))
     term_s = time.perf_counter() - t0
     after = settle()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    shutil.rmtree(base, ignore_errors=True)
+    runner.stop()
     return {
         "terminate_seconds": term_s,
         "left_after_terminate_per_box": (used(after) - used(before)) / len(boxes),

@@ -18,11 +18,7 @@ import argparse
 import concurrent.futures
 import os
 import platform
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,33 +26,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 
 import sandlot  # noqa: E402
+from _runner import PrivateRunner, start_runner  # noqa: E402
 
 
 def trivial(x):
     return x + 1
 
 
-def start_runner() -> tuple[subprocess.Popen | None, str, Path | None]:
+def runner_url() -> tuple[PrivateRunner | None, str]:
+    """``$SANDLOT_URL`` if set, else a private runner started for this run."""
     if os.environ.get("SANDLOT_URL"):
-        return None, os.environ["SANDLOT_URL"], None
-    base = Path(tempfile.mkdtemp(prefix="sl-bench-"))
-    binary = Path(sandlot.__file__).resolve().parent / "_bin" / "sandlotd"
-    sock = base / "sandlotd.sock"
-    proc = subprocess.Popen([str(binary), "--socket", str(sock), "--state-dir", str(base / "state"),
-                             "--log-file", str(base / "log")], stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"unix://{sock}"
-    s = sandlot.Session(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            s.health()
-            break
-        except sandlot.RunnerUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-    s.close()
-    return proc, url, base
+        return None, os.environ["SANDLOT_URL"]
+    runner = start_runner()
+    return runner, runner.url
 
 
 def rate(call, seconds: float) -> float:
@@ -142,14 +124,12 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true")
     a = ap.parse_args()
     print(f"# {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    proc, url, base = start_runner()
+    runner, url = runner_url()
     try:
         s_rt, s_map = bench_sandlot(url, a.seconds, a.n)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
-            shutil.rmtree(base, ignore_errors=True)
+        if runner is not None:
+            runner.stop()
     p_rt, p_map, p_cs = bench_ppe(a.seconds, a.n)
     r = "skipped (--no-ray)" if a.no_ray else bench_ray(a.seconds, a.n)
     print(f"{'':34}{'sync calls/s':>14}{'map ' + str(a.n) + ' (s)':>16}")

@@ -24,13 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import signal
 import statistics
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 SETUP = r"""
 import os, sys
@@ -44,30 +39,6 @@ for i in range(files):
     with open(f"{d}/f{i:05d}", "wb") as f:
         f.write(blob[i % 4096 : i % 4096 + size])
 """
-
-
-def start_runner(storage: str) -> tuple[subprocess.Popen, str, Path]:
-    import sandlot
-
-    base = Path(tempfile.mkdtemp(prefix="sl-bench-snap-"))
-    binary = Path(sandlot.__file__).resolve().parent / "_bin" / "sandlotd"
-    sock = base / "sandlotd.sock"
-    cmd = [str(binary), "--socket", str(sock), "--state-dir", str(base / "state"),
-           "--log-file", str(base / "log"), "--snapshot-storage", storage]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"unix://{sock}"
-    s = sandlot.Session(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            s.health()
-            break
-        except sandlot.RunnerUnavailableError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"sandlotd --snapshot-storage {storage} did not start: {(base / 'log').read_text()}")
-            time.sleep(0.02)
-    s.close()
-    return proc, url, base
 
 
 def one_round(sess, setup_cmd: list[str], last: str, m: dict[str, list[float]]) -> None:
@@ -107,6 +78,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import sandlot
+    from _runner import start_runner
     from sandlot import Sandbox
 
     setup_cmd = ["python3", "-c", SETUP, str(a.files), str(a.mb * 1_000_000)]
@@ -115,8 +87,8 @@ def main() -> None:
     runners, sessions, meas = {}, {}, {}
     try:
         for st in storages:
-            runners[st] = start_runner(st)
-            sessions[st] = sandlot.Session(runners[st][1])
+            runners[st] = start_runner("--snapshot-storage", st, prefix="sl-bench-snap-")
+            sessions[st] = sandlot.Session(runners[st].url)
             meas[st] = {"scratch": [], "capture_wall": [], "capture_frozen": [], "restore": []}
             # Warm up the runner and the connection.
             with Sandbox.create(session=sessions[st]) as sb:
@@ -125,16 +97,13 @@ def main() -> None:
             for st in storages:
                 one_round(sessions[st], setup_cmd, last, meas[st])
     finally:
-        for st, (proc, _url, base) in runners.items():
+        for st, runner in runners.items():
             sessions[st].close()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
             # Captures whose tree changed during the unfrozen build were
             # built again while frozen: say so (and why) next to the figures.
-            for line in (base / "log").read_text().splitlines():
+            for line in runner.stop().splitlines():
                 if "building again" in line:
                     print(f"[{st}] {line}")
-            shutil.rmtree(base, ignore_errors=True)
 
     out = {"files": a.files, "mb": a.mb, "rounds": a.rounds, "storages": {}}
     for st in storages:
