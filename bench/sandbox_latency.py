@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -71,17 +72,33 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    # A private runner unless SANDLOT_URL names one: never the user's own.
+    runner = None
+    if not os.environ.get("SANDLOT_URL"):
+        from _runner import start_runner
+
+        runner = start_runner(prefix="sl-bench-lat-")
+        os.environ["SANDLOT_URL"] = runner.url
+    try:
+        res = measure(args.rounds)
+    finally:
+        if runner is not None:
+            runner.stop()
+    report(res, args.json)
+
+
+def measure(rounds: int) -> dict:
     # Interleave in blocks so machine noise hits both sides alike.
     s, lim, b, net = [], [], [], []
-    block = max(1, args.rounds // 10)
-    while len(s) < args.rounds:
-        n = min(block, args.rounds - len(s))
+    block = max(1, rounds // 10)
+    while len(s) < rounds:
+        n = min(block, rounds - len(s))
         s += bench_sandlot(n)
         lim += bench_sandlot(n, resources=LIMITS)
         b += bench_bwrap(n)
         net += bench_sandlot(n, network={"egress": "all"})
     res = {
-        "rounds": args.rounds,
+        "rounds": rounds,
         "sandlot_p50_ms": pct(s, 50) * 1e3,
         "sandlot_p99_ms": pct(s, 99) * 1e3,
         "sandlot_mean_ms": statistics.mean(s) * 1e3,
@@ -95,10 +112,14 @@ def main() -> None:
     }
     res["ratio_p50"] = res["sandlot_p50_ms"] / res["bwrap_p50_ms"]
     res["limits_ratio_p50"] = res["limits_p50_ms"] / res["bwrap_p50_ms"]
-    if args.json:
+    return res
+
+
+def report(res: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(res, indent=2))
         return
-    print(f"sandbox latency, {args.rounds} rounds (create -> exec true -> wait -> terminate)")
+    print(f"sandbox latency, {res['rounds']} rounds (create -> exec true -> wait -> terminate)")
     print(f"  sandlot  p50 {res['sandlot_p50_ms']:7.2f} ms   p99 {res['sandlot_p99_ms']:7.2f} ms")
     print(f"  +limits  p50 {res['limits_p50_ms']:7.2f} ms   p99 {res['limits_p99_ms']:7.2f} ms   ({LIMITS})")
     print(f"  bwrap    p50 {res['bwrap_p50_ms']:7.2f} ms   p99 {res['bwrap_p99_ms']:7.2f} ms")
