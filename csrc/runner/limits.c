@@ -186,8 +186,10 @@ void sl_limits_proc_exited(sl_proc *p, int exit_code)
     sl_box *b = p->box;
     long long n;
 
-    /* Also without a memory limit of its own: a limit above the runner
-     * (its cgroup's) or the host running out kills inside too. */
+    /* Without a memory limit of its own, a kill by a limit above the runner
+     * or by the host running out is seen only where the sandbox still has a
+     * memory cgroup (cgroup2 with the controller); on cgroup v1 such a
+     * sandbox has none (sl_cgroup_create), so it reads as a plain SIGKILL. */
     if (exit_code != -9 || b->sbx.cg.n == 0)
         return;
     n = sl_cgroup_oom_kills(&b->sbx.cg);

@@ -34,6 +34,7 @@ typedef struct cg_base {
     char dir[PATH_MAX]; /* ".../<runner's cgroup>/sandlot" */
     int is_v2;
     int is_freezer;
+    int memory_only; /* a v1 hierarchy with the memory controller and no other we use */
 } cg_base;
 
 static struct {
@@ -87,7 +88,7 @@ static int own_path(const char *ctrl, char *out, size_t outlen)
 
 /* Add <mnt>/<cgpath relative to root>/sandlot as a base dir. */
 static void add_base(const char *mnt, const char *root, const char *cgpath, int is_v2,
-                     int is_freezer)
+                     int is_freezer, int memory_only)
 {
     size_t rl = strlen(root);
     const char *rel;
@@ -110,6 +111,7 @@ static void add_base(const char *mnt, const char *root, const char *cgpath, int 
         return;
     b->is_v2 = is_v2;
     b->is_freezer = is_freezer;
+    b->memory_only = memory_only;
     layout.n++;
 }
 
@@ -149,7 +151,7 @@ static void detect_layout(void)
                 continue;
             have_v2 = 1;
             if (own_path(NULL, cgpath, sizeof(cgpath)))
-                add_base(fields[4], fields[3], cgpath, 1, 0);
+                add_base(fields[4], fields[3], cgpath, 1, 0, 0);
         } else if (strcmp(fstype, "cgroup") == 0) {
             for (size_t c = 0; c < (sizeof(v1_controllers) / sizeof(v1_controllers[0])); c++) {
                 if (used[c] || !has_item(super, v1_controllers[c]))
@@ -158,7 +160,9 @@ static void detect_layout(void)
                 used[c] = 1;
                 if (own_path(v1_controllers[c], cgpath, sizeof(cgpath)))
                     add_base(fields[4], fields[3], cgpath, 0,
-                             strcmp(v1_controllers[c], "freezer") == 0);
+                             strcmp(v1_controllers[c], "freezer") == 0,
+                             strcmp(v1_controllers[c], "memory") == 0 && !has_item(super, "pids") &&
+                                 !has_item(super, "cpu") && !has_item(super, "freezer"));
                 /* cpu and cpuacct, or several controllers, can share one
                  * hierarchy: one directory covers them all. */
                 break;
@@ -238,7 +242,7 @@ static void sleep_ms(long ms)
     }
 }
 
-int sl_cgroup_create(sl_cgroup *cg, const char *id)
+int sl_cgroup_create(sl_cgroup *cg, const char *id, int want_memory)
 {
     char path[PATH_MAX];
 
@@ -252,6 +256,12 @@ int sl_cgroup_create(sl_cgroup *cg, const char *id)
     for (int i = 0; i < layout.n; i++) {
         const cg_base *b = &layout.base[i];
 
+        /* A v1 memory cgroup outlives its rmdir while page cache is charged
+         * to it (a "dying" memcg, ~330 KiB of unreclaimable slab here, freed
+         * only when reclaim gets to those pages): a runner that starts and
+         * ends many sandboxes piles them up. Only a memory limit needs one. */
+        if (b->memory_only && !want_memory)
+            continue;
         /* The "sandlot" parent is shared by all sandboxes and kept. A
          * hierarchy we may not write to (read-only cgroupfs in a container,
          * delegation missing) is skipped rather than failing every spawn: the

@@ -41,8 +41,11 @@ enum sl_cg_mode sl_cgroup_detect(void);
 const char *sl_cgroup_mode_name(enum sl_cg_mode m); /* "v1" "v2" "hybrid" "none" */
 
 /* Create the cgroup dirs for sandbox id. Returns 0 or -errno. With no usable
- * hierarchy returns 0 with cg->n == 0 (the pid namespace still kills all). */
-int sl_cgroup_create(sl_cgroup *cg, const char *id);
+ * hierarchy returns 0 with cg->n == 0 (the pid namespace still kills all).
+ * want_memory 0: skip a cgroup-v1 hierarchy that holds only the memory
+ * controller (no memory limit to set there, and its cgroups linger after
+ * removal; see sl_cgroup.c). cgroup2 is one tree and always joined. */
+int sl_cgroup_create(sl_cgroup *cg, const char *id, int want_memory);
 /* Which limits this host lets the runner enforce (SL_CG_LIMIT_* bits): a
  * hierarchy that has the controller and that we may write to. Probed once. */
 unsigned sl_cgroup_enforceable(void);

@@ -1026,7 +1026,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         }
     }
 
-    err = -sl_cgroup_create(&out->cg, cfg->id);
+    err = -sl_cgroup_create(&out->cg, cfg->id, cfg->limits != NULL && cfg->limits->memory_bytes);
     if (err) {
         fmt_err(errbuf, errlen, err, "create cgroup");
         goto fail_child;
