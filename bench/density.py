@@ -16,7 +16,8 @@ through the public API, and measures, once they all run:
 In the same run the peer: N raw bubblewrap sandboxes (``bwrap --unshare-all
 --die-with-parent --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp sleep
 3600``), measured the same way, then torn down. Finally the sandlot sandboxes
-are terminated and the memory that did not come back is reported (a leak check).
+are terminated and, once the kernel's deferred freeing is done, the memory that
+did not come back is reported (a leak check).
 
 Usage: python bench/density.py [--count 1000] [--json]
 The machine is shared: other processes move MemAvailable too, so the breakdown
@@ -68,6 +69,22 @@ def settle() -> dict[str, int]:
         time.sleep(0.3)
     reads.sort(key=used)
     return reads[1]
+
+
+def settle_after_teardown(limit: float = 60.0) -> dict[str, int]:
+    """meminfo once the kernel has finished freeing: namespaces and mounts of
+    dead sandboxes go in deferred work (cleanup_net, RCU), seconds later. Waits
+    until MemTotal - MemAvailable stops falling (under 1 MiB in 2 s), at most
+    ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    last = settle()
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        now = settle()
+        if used(last) - used(now) < (1 << 20):
+            return now
+        last = now
+    return last
 
 
 def uss(pid: int) -> int:
@@ -159,7 +176,7 @@ def teardown_sandlot(state, boxes: list) -> dict:
     with cf.ThreadPoolExecutor(4) as ex:
         list(ex.map(lambda sb: sb.terminate(), boxes))
     term_s = time.perf_counter() - t0
-    after = settle()
+    after = settle_after_teardown()
     runner.stop()
     return {
         "terminate_seconds": term_s,
