@@ -149,6 +149,22 @@ def sandbox(session: sandlot.Session) -> Iterator[sandlot.Sandbox]:
         sb.terminate()
 
 
+#: What ``./dev asan`` sets to run the suite under the sanitizers.
+SANITIZER_ENV = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
+
+
+def sanitizer_env() -> dict[str, str]:
+    """The sanitizer settings of this run, for a Python inside a sandbox that
+    imports this (then ASan-built) extension; empty in a normal run."""
+    return {k: v for k, v in os.environ.items() if k in SANITIZER_ENV}
+
+
+def host_tool_env() -> dict[str, str]:
+    """This environment without the sanitizer preload, for host tools the
+    tests run (ip, nft): ASan would report their bugs, not ours."""
+    return {k: v for k, v in os.environ.items() if k not in SANITIZER_ENV}
+
+
 def client_env(runner: Runner | None = None, **extra: str) -> dict[str, str]:
     """Environment for a Python subprocess that imports this sandlot build."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDLOT_")}

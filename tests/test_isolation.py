@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import sandlot
+from conftest import sanitizer_env
 from sandlot import Sandbox
 
 
@@ -118,7 +119,7 @@ def test_clients_own_python_and_sandlot_work_inside(session):
         # The client's import path as it has it (an installed sandlot needs
         # none; a source tree run with PYTHONPATH passes it on).
         pp = os.pathsep.join(os.path.abspath(x) for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x)
-        env = {"PYTHONPATH": pp} if pp else None
+        env = ({"PYTHONPATH": pp} if pp else {}) | sanitizer_env() or None
         p = sb.exec([sys.executable, "-c", "import sys, sandlot; print(sys.version.split()[0], sandlot.__file__)"], env=env)
         out = p.stdout.read()
         assert p.wait() == 0, p.stderr.read()

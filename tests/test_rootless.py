@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import sandlot
+from conftest import sanitizer_env
 
 USER = "sandlot-ci"
 TESTS = Path(__file__).resolve().parent
@@ -115,7 +116,6 @@ DELEGATED_CASES = [
 ALL_CASES = CORE_CASES + [c for c in _rootless_case_names() if c not in DELEGATED_CASES]
 
 #: Passed on to the unprivileged run (`./dev asan`).
-_SANITIZER_ENV = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
 
 #: Pure-Python modules the unprivileged pytest needs besides sandlot.
 _MODULES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py", "pytest_timeout", "cloudpickle")
@@ -283,7 +283,7 @@ def prepared() -> Iterator[Prepared]:
             "SANDLOT_ROOTLESS_PROBE": str(probe),
         }
         # Under `./dev asan` the extension needs the sanitizer runtime preloaded.
-        env.update({k: v for k, v in os.environ.items() if k in _SANITIZER_ENV})
+        env.update(sanitizer_env())
         plugins = ["-p", "pytest_timeout", "--timeout", "300"] if (py / "pytest_timeout.py").exists() else []
         yield Prepared(work, env, [_interpreter(), "-m", "pytest", "-q", *plugins])
     finally:

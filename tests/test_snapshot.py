@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -318,12 +319,16 @@ def test_criu_detection(tmp_path, monkeypatch):
     monkeypatch.setenv("SANDLOT_CRIU", str(good))
     assert criu_check() == (True, "Looks good.")
     monkeypatch.delenv("SANDLOT_CRIU")
-    # This host: either criu is missing or its check fails (see docs/architecture.md).
+    # This host (./dev installs Debian's criu 3.17): its real `criu check`
+    # fails on this kernel, and the reason reaches the user verbatim.
     ok, why = criu_check()
     print("criu on this host:", ok, why)
     if ok:
         pytest.skip(f"criu check passes here: {why}")
-    assert why.startswith("criu is not installed") or why.startswith("criu check failed")
+    if shutil.which("criu"):
+        assert why.startswith("criu check failed") and "Error" in why, why
+    else:
+        assert why.startswith("criu is not installed"), why
 
 
 def test_snapshot_registered_as_image(session, prepared):

@@ -29,11 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 import sandlot
-from sandlot import InvalidArgumentError, NetworkOptions, NotFoundError, RemoteFunction, Sandbox
-
-from conftest import Runner, runner_binary, start_runner, stop
+from conftest import Runner, host_tool_env, runner_binary, start_runner, stop
+from sandlot import (
+    InvalidArgumentError,
+    NetworkOptions,
+    NotFoundError,
+    RemoteFunction,
+    Sandbox,
+)
 
 EXT_PORT = 8080
 
@@ -71,7 +75,7 @@ while time.monotonic() < end:
 
 
 def sh(cmd: str, check: bool = True) -> str:
-    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30, env=host_tool_env())
     if check and r.returncode != 0:
         raise RuntimeError(f"{cmd}: {r.stderr.strip()}")
     return r.stdout
@@ -153,7 +157,8 @@ def ext_host() -> Iterator[ExtHost]:
         # Safety: traffic to the external host must stay on this machine.
         assert f"dev {hif}" in sh(f"ip route get {net}.2"), "the test /24 is not routed to its veth"
         server = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", GREETER, f"{net}.2", str(EXT_PORT),
-                                   "ext-ok"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   "ext-ok"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=host_tool_env())
         assert server.stdout is not None and server.stdout.readline().strip() == "listening", server.stderr
         yield ExtHost(ns, f"{net}.0/24", f"{net}.2", EXT_PORT)
     finally:
