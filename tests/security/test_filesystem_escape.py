@@ -337,3 +337,31 @@ def test_another_sandboxs_files_are_unreachable(session, runner):
         assert f"secret-{tag}" not in sh(b, script)
         # The runner's state dir (every sandbox's layers) is not visible at all.
         assert sh(b, f"ls -A {runner.state_dir} 2>/dev/null | wc -l") == "0\n"
+
+
+def test_snapshot_of_a_symlink_swapping_sandbox_holds_no_host_file(session):
+    # The runner builds a snapshot from the sandbox's upper dir on the host,
+    # as root, while the sandbox runs. A sandbox that keeps swapping a
+    # directory for a symlink to a host directory it cannot see (/root is
+    # masked inside) would, if the build followed it, get the host's files
+    # back in any sandbox restored from that snapshot.
+    secret = "sl-host-only-" + uuid.uuid4().hex
+    marker = Path("/root") / f"sl-marker-{uuid.uuid4().hex[:8]}"
+    marker.write_text(secret)
+    swapper = (
+        "mkdir -p /srv/a; i=0; while :; do "
+        "mkdir -p /srv/a/real && echo mine > /srv/a/real/f && rm -rf /srv/a/d && mv /srv/a/real /srv/a/d; "
+        "ln -sfn /root /srv/a/link && mv -T /srv/a/link /srv/a/d; i=$((i+1)); done"
+    )
+    try:
+        with Sandbox.create(["sh", "-c", swapper], timeout=120, session=session) as sb:
+            assert sh(sb, f"cat /root/{marker.name} 2>/dev/null || echo masked").strip() == "masked"
+            snaps = [sb.snapshot() for _ in range(3)]
+        for snap in snaps:
+            with Sandbox.create(["sleep", "30"], snapshot=snap, timeout=60, session=session) as r:
+                # What came back is the sandbox's own: a dir with its file, or the symlink.
+                found = sh(r, f"grep -rl {secret} /srv 2>/dev/null; ls -la /srv/a; true")
+                assert secret not in found and marker.name not in found, found
+            snap.delete()
+    finally:
+        marker.unlink()
