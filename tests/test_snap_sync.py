@@ -1,4 +1,4 @@
-"""The frozen second pass of a snapshot (csrc/runner/snap_sync.c), on real trees.
+"""The frozen second pass of a snapshot (csrc/runner/snapshots/snap_sync.c), on real trees.
 
 The binary is built here with ASan and UBSan from the sources. A tree with
 every kind of entry an overlay upper dir holds (files, dirs, symlinks, fifos,
@@ -30,8 +30,8 @@ def sync_bin(tmp_path_factory) -> Path:
     cmd = [
         "gcc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers",
         "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-        f"-I{ROOT}/csrc/runner", f"-I{ROOT}/csrc/sandbox", f"-I{ROOT}/csrc/common", f"-I{ROOT}/csrc/codec",
-        str(ROOT / "tests/c/snap_sync_main.c"), str(ROOT / "csrc/runner/snap_sync.c"),
+        f"-I{ROOT}/csrc/runner", *(f"-I{d}" for d in sorted(ROOT.glob("csrc/runner/*/"))), f"-I{ROOT}/csrc/sandbox", f"-I{ROOT}/csrc/common", f"-I{ROOT}/csrc/codec",
+        str(ROOT / "tests/c/snap_sync_main.c"), str(ROOT / "csrc/runner/snapshots/snap_sync.c"),
         str(ROOT / "csrc/sandbox/sl_rmrf.c"), "-o", str(out),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
