@@ -347,6 +347,10 @@ void sl_lifecycle_shutdown(sl_runner *rt);
 /* Start a caller-filled box without a request (function workers); 0 or -1
  * with e set, the box then being freed or abandoned. */
 int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e);
+/* The create request's own fields into b (cmd, image, snapshot, env,
+ * secrets, workdir, timeout, resources, network, volumes); builds nothing.
+ * 0, or -1 with e set. Also the libFuzzer target's entry (tests/c). */
+int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e);
 
 /* ---- ctlchan.c ---- */
 int sl_ctl_watch(sl_box *b);  /* start reading the box's control channel */

@@ -567,8 +567,19 @@ class RemoteFunction(Generic[P, R]):
         raise RemoteError(msg, code=status or "failed")
 
     def _rebuild(self, data: bytes) -> BaseException:
-        info = json.loads(data)
+        # The description comes from the worker, inside the sandbox, where
+        # the function's own code could have written anything: whatever it
+        # is, the caller gets an exception (tests/fuzz/fuzz_decoders.py).
+        try:
+            info = json.loads(data)
+        except (ValueError, TypeError, RecursionError):
+            info = None
+        if not isinstance(info, dict):
+            return RemoteError(f"the worker sent a malformed error description ({len(data)} bytes)",
+                               code="remote_exception", remote_type="?", remote_traceback="")
         tb = info.get("traceback") or ""
+        if not isinstance(tb, str):
+            tb = str(tb)
         tname = f"{info.get('module')}.{info.get('type')}"
         exc: BaseException | None = None
         if info.get("pickled") and self.serialization is Serialization.PICKLE:

@@ -26,9 +26,6 @@
 #include "sl_mpcheck.h"
 #include "sl_runner.h"
 
-/* msgpack-c's unpacker has a fixed stack of 32 nested containers (see
- * sl_mpcheck.h); no request needs more than 3. */
-#define REQ_MAX_DEPTH 32
 /* Idle keep-alive connections are closed after this; longer than any hold. */
 #define CONN_TIMEOUT 120
 
@@ -427,29 +424,9 @@ static void on_request(struct evhttp_request *req, void *arg)
             sl_reply_error(&r, 500, "evbuffer_pullup: out of memory");
             goto out;
         }
-        sl_mp_limits lim;
-        sl_mp_limits_default(&lim);
-        lim.max_size = SL_MAX_BODY;
-        lim.max_depth = REQ_MAX_DEPTH;
-        char why[256] = "";
-        int rc = sl_mp_check(data, len, &lim, why, sizeof(why));
-        if (rc == -EMSGSIZE) {
-            sl_reply_error(&r, 413, "body too large: %s", why);
-            goto out;
-        }
-        if (rc < 0) {
-            sl_reply_error(&r, 400, "malformed msgpack body: %s", why);
-            goto out;
-        }
-        size_t off = 0;
-        msgpack_unpack_return ur = msgpack_unpack_next(&up, data, len, &off);
-        if (ur != MSGPACK_UNPACK_SUCCESS || off != len) {
-            sl_reply_error(&r, 400, "malformed msgpack body (msgpack-c: %d)", (int)ur);
-            goto out;
-        }
-        if (up.data.type != MSGPACK_OBJECT_MAP) {
-            sl_reply_error(&r, 400, "request body must be a msgpack map, got %s",
-                           sl_msg_type_name(&up.data));
+        sl_err e;
+        if (sl_msg_decode_body(data, len, &up, &e) < 0) {
+            sl_reply_err(&r, &e);
             goto out;
         }
         r.body = &up.data;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_mpcheck.h"
 #include "sl_msg.h"
 
 int sl_err_set(sl_err *e, int status, const char *fmt, ...)
@@ -475,4 +476,30 @@ void sl_r_kbool(sl_resp *r, const char *k, int v)
 {
     sl_r_str(r, k);
     sl_r_bool(r, v);
+}
+
+/* msgpack-c's unpacker has a fixed stack of 32 nested containers (see
+ * sl_mpcheck.h); no request needs more than 3. */
+#define REQ_MAX_DEPTH 32
+
+int sl_msg_decode_body(const char *data, size_t len, msgpack_unpacked *up, sl_err *e)
+{
+    sl_mp_limits lim;
+    sl_mp_limits_default(&lim);
+    lim.max_depth = REQ_MAX_DEPTH;
+    char why[256] = "";
+    /* msgpack-c trusts the counts in its input: nothing reaches it unchecked. */
+    int rc = sl_mp_check(data, len, &lim, why, sizeof(why));
+    if (rc == -EMSGSIZE)
+        return sl_err_set(e, 413, "body too large: %s", why);
+    if (rc < 0)
+        return sl_err_set(e, 400, "malformed msgpack body: %s", why);
+    size_t off = 0;
+    msgpack_unpack_return ur = msgpack_unpack_next(up, data, len, &off);
+    if (ur != MSGPACK_UNPACK_SUCCESS || off != len)
+        return sl_err_set(e, 400, "malformed msgpack body (msgpack-c: %d)", (int)ur);
+    if (up->data.type != MSGPACK_OBJECT_MAP)
+        return sl_err_set(e, 400, "request body must be a msgpack map, got %s",
+                          sl_msg_type_name(&up->data));
+    return 0;
 }

@@ -46,6 +46,12 @@ const msgpack_object *sl_msg_field(const msgpack_object *map, const char *key);
 int sl_msg_stored_field(const char *raw, size_t len, const char *key, msgpack_unpacked *up,
                         const msgpack_object **out, sl_err *e);
 
+/* A request body: checked against the limits of sl_mpcheck.h (size
+ * SL_MAX_BODY, depth 32, counts no larger than the bytes left) before
+ * msgpack-c decodes it into up (initialised by the caller), and it must be a
+ * map. 0, or -1 with e set (413 too large, 400 malformed or not a map). */
+int sl_msg_decode_body(const char *data, size_t len, msgpack_unpacked *up, sl_err *e);
+
 /* Flags for the getters. */
 #define SL_REQ 1 /* field must be present and not nil */
 

@@ -43,7 +43,7 @@ void sl_fn_touch(sl_fn *f)
     f->last_used = sl_now();
 }
 
-static void fn_free(sl_fn *f)
+void sl_fn_free(sl_fn *f)
 {
     sl_fn_drop_workers(f);
     sl_calls_free_fn(f);
@@ -85,7 +85,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
         }
         if (f->deleted && f->nworkers == 0 && f->queue.n == 0) {
             *pp = f->next;
-            fn_free(f);
+            sl_fn_free(f);
             continue;
         }
         pp = &f->next;
@@ -199,7 +199,7 @@ static int check_mount(sl_runner *rt, const char *p, sl_err *e)
     return 0;
 }
 
-static int parse_fn(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err *e)
+int sl_fn_parse(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err *e)
 {
     const char *spec;
     size_t spec_len;
@@ -328,8 +328,8 @@ void sl_h_fn_create(sl_req *r)
         sl_reply_error(r, 500, "getrandom failed");
         return;
     }
-    if (parse_fn(rt, f, r->body, &e) < 0) {
-        fn_free(f);
+    if (sl_fn_parse(rt, f, r->body, &e) < 0) {
+        sl_fn_free(f);
         sl_reply_err(r, &e);
         return;
     }
@@ -407,7 +407,7 @@ void sl_fn_shutdown(sl_runner *rt)
         sl_fn_drop_workers(f);
         while (f->queue.head != NULL)
             sl_call_fail(f->queue.head, SL_CO_CANCELLED, "the runner is shutting down");
-        fn_free(f);
+        sl_fn_free(f);
     }
     sl_calls_shutdown();
     sl_fn_profiles_shutdown();

@@ -131,6 +131,9 @@ typedef struct sl_chan {
 /* fn_registry.c */
 sl_runner *sl_fn_rt(void);
 sl_fn *sl_fn_find(const char *id);
+/* A registration body into f (not yet listed); 0, or -1 with e set. */
+int sl_fn_parse(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err *e);
+void sl_fn_free(sl_fn *f); /* one that is on no list */
 sl_fn *sl_fn_first(void);
 void sl_fn_touch(sl_fn *f);
 void sl_h_fn_create(sl_req *r);

@@ -222,7 +222,7 @@ static int check_env(const sl_kv *kv, size_t n, const char *field, sl_err *e)
     return 0;
 }
 
-static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
+int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
 {
     const msgpack_object *cmd = sl_msg_field(body, "cmd");
     /* An empty array means "no command", like nil: Sandbox.create(cmd=()). */
@@ -401,7 +401,7 @@ void sl_h_create(sl_req *r)
     sl_kv *mounts = NULL;
     sl_bind *mbinds = NULL;
     size_t nmounts = 0;
-    int bad = parse_create(b, r->body, &e) < 0 ||
+    int bad = sl_box_parse_create(b, r->body, &e) < 0 ||
               sl_mounts_parse(r->body, &mounts, &nmounts, &mbinds, &e) < 0 ||
               sl_s3_parse(b, r->body, &e) < 0 || start_box(b, mbinds, nmounts, &e) < 0;
     free(mbinds);
