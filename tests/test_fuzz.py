@@ -60,3 +60,17 @@ def test_client_decoders_survive_atheris(target: str, tmp_path: Path) -> None:
     )
     assert p.returncode == 0, _tail(p)
     assert "Done 30000 runs" in p.stderr, _tail(p)
+
+
+@pytest.mark.parametrize("data", [b"", b"not json", b"[]", b"3", b'{"traceback": 5, "module": "builtins", "type": "ValueError", "args": 7}'])
+def test_a_malformed_error_description_from_a_worker_is_a_remote_error(data: bytes) -> None:
+    """Regression (found by atheris): code in the sandbox can shape what the
+    worker sends; ``result()`` must still raise a sandlot exception."""
+    import sandlot
+    from sandlot.function import RemoteError
+
+    fn = sandlot.function(lambda: 0)
+    exc = fn._rebuild(data)
+    assert isinstance(exc, (RemoteError, ValueError)), exc
+    if data in (b"", b"not json", b"[]", b"3"):
+        assert isinstance(exc, RemoteError) and "malformed error description" in str(exc)
