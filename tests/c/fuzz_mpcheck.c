@@ -82,15 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef SL_FUZZ_STANDALONE
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static uint64_t next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+#include "fuzz_mutate.h"
 
 static int replay(const char *path)
 {
@@ -137,40 +129,15 @@ int main(int argc, char **argv)
         SEED("\x92\x91\x91\x91\x91\x90\xdd\x00\x00\x00\x01\xdf\x00\x00\x00\x01\x01\xe0"),
         SEED("\xc9\x00\x00\x00\x02\x01\xaa\xbb"),
     };
-    static const uint8_t interesting[] = {0x00, 0x01, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf,
-                                          0xc0, 0xc1, 0xc4, 0xc7, 0xc9, 0xcf, 0xd4, 0xd8, 0xd9,
-                                          0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xff};
     uint8_t buf[256];
     long runs = 0;
     for (int iter = 0; iter < 300000; iter++) {
-        size_t k = (size_t)(next() % (sizeof(seeds) / sizeof(seeds[0])));
+        size_t k = (size_t)(fz_next() % (sizeof(seeds) / sizeof(seeds[0])));
         size_t n = seeds[k].n;
         memcpy(buf, seeds[k].d, n);
-        int muts = 1 + (int)(next() % 4);
-        for (int m = 0; m < muts; m++) {
-            size_t at = n ? next() % n : 0;
-            switch (next() % 4) {
-            case 0:
-                buf[at] ^= (uint8_t)(1u << (next() % 8));
-                break;
-            case 1:
-                buf[at] = interesting[next() % sizeof(interesting)];
-                break;
-            case 2:
-                if (n < sizeof(buf)) {
-                    memmove(buf + at + 1, buf + at, n - at);
-                    buf[at] = interesting[next() % sizeof(interesting)];
-                    n++;
-                }
-                break;
-            default:
-                if (n > 0) {
-                    memmove(buf + at, buf + at + 1, n - at - 1);
-                    n--;
-                }
-                break;
-            }
-        }
+        int muts = 1 + (int)(fz_next() % 4);
+        for (int m = 0; m < muts; m++)
+            fz_mutate(buf, &n, sizeof(buf));
         LLVMFuzzerTestOneInput(buf, n);
         runs++;
     }

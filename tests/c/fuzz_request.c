@@ -167,15 +167,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef SL_FUZZ_STANDALONE
-/* xorshift: a fixed sequence, so every run mutates the same way. */
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint64_t next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+#include "fuzz_mutate.h"
 
 static uint8_t *slurp(const char *path, size_t *len)
 {
@@ -202,31 +194,15 @@ int main(int argc, char **argv)
         uint8_t *seed = slurp(argv[i], &len);
         LLVMFuzzerTestOneInput(seed, len);
         inputs++;
-        /* Byte flips, truncations and splices of each seed. */
+        /* One to four mutations of each seed, or a truncation. */
         for (int r = 0; r < rounds / (argc - 1) + 1; r++) {
             size_t n = len;
             memcpy(mut, seed, n);
-            switch (next() % 4) {
-            case 0:
-                if (n > 0)
-                    mut[next() % n] ^= (uint8_t)(1u << (next() % 8));
-                break;
-            case 1:
-                if (n > 0)
-                    n = next() % n;
-                break;
-            case 2:
-                if (n > 0)
-                    mut[next() % n] = (uint8_t)next();
-                break;
-            default:
-                if (n > 1) {
-                    size_t at = next() % n;
-                    memmove(mut + at + 1, mut + at, n - at);
-                    mut[at] = (uint8_t)next();
-                    n++;
-                }
-                break;
+            if (fz_next() % 5 == 0) {
+                n = n ? fz_next() % n : 0;
+            } else {
+                for (int m = 1 + (int)(fz_next() % 4); m > 0; m--)
+                    fz_mutate(mut, &n, sizeof(mut));
             }
             LLVMFuzzerTestOneInput(mut, n);
             inputs++;
