@@ -21,6 +21,7 @@
 
 #include "sl_common.h"
 #include "sl_log.h"
+#include "sl_oci.h"
 #include "sl_runner.h"
 #include "sl_userns.h"
 
@@ -368,6 +369,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     sl_lifecycle_shutdown(rt);
     sl_net_shutdown(rt); /* after every sandbox's elements are gone */
     sl_jobs_shutdown(rt);
+    sl_oci_shutdown(rt); /* after the jobs: no pull child is left */
     sl_store_shutdown(rt);
     /* Give the answers to held requests a moment to reach their clients. */
     struct timeval tv = {0, 200000};
