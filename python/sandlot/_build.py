@@ -149,9 +149,9 @@ def build(image: Image, session: Session, output: Callable[[str], Any] | None = 
     if spec.startswith("tar:"):
         base = _tar_base(spec[4:], session, say)
     elif spec.startswith("oci:"):
-        from ._pull import PullOptions, pull
+        from ._pull import PullOptions, resolve
 
-        res = pull(spec[4:], image._pull or PullOptions(), session, out=_Out(write) if output is not None else None)
+        res = resolve(spec[4:], image._pull or PullOptions(), session, out=_Out(write) if output is not None else None)
         say(f"image {spec[4:]}: {res.digest} (layers up to {res.snapshot_id})")
         base = "oci:" + res.digest  # the cache key: a moved tag rebuilds the steps
         top = res.snapshot_id

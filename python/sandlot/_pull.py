@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .secret import Secret
     from .session import Session
 
-__all__ = ["PullOptions", "PullResult", "pull", "Progress"]
+__all__ = ["PullOptions", "PullResult", "pull", "resolve", "Progress"]
 
 log = logging.getLogger("sandlot.image")
 
@@ -98,7 +98,7 @@ def _docker_config_creds(host: str) -> tuple[str, str] | None:
 
 def _credentials(ref: str, opts: PullOptions) -> tuple[str, str] | None:
     if opts.secret is not None:
-        vals = opts.secret._values()
+        vals = dict(opts.secret._values())
         user, pw = vals.get("REGISTRY_USERNAME"), vals.get("REGISTRY_PASSWORD")
         if not user or pw is None:
             raise ValueError(
@@ -229,7 +229,7 @@ def pull(
         if sep and k:
             env[k] = v
     log.info("pulled %s (%s) as %s", ref, res["digest"], res["snapshot_id"])
-    return PullResult(
+    result = PullResult(
         ref=ref,
         name=res["name"],
         digest=res["digest"],
@@ -241,3 +241,26 @@ def pull(
         cmd=list(conf.get("Cmd") or []),
         compressed_size=int(res.get("compressed_size") or 0),
     )
+    _resolved[(id(session), ref, opts.platform)] = result
+    return result
+
+
+#: (session, ref, platform) -> the last pull's result in this process: a
+#: second sandbox from an image does not ask the registry again (as `docker
+#: run` does not); Image.pull() and `sandlot image pull` always ask.
+_resolved: dict[tuple[int, str, str | None], PullResult] = {}
+
+
+def resolve(ref: str, opts: PullOptions, session: Session, out: TextIO | None = None) -> PullResult:
+    """The image's layers, pulling them the first time this process needs them."""
+    key = (id(session), ref, opts.platform)
+    hit = _resolved.get(key)
+    if hit is not None:
+        try:
+            session.request("GET", f"/v1/snapshots/{hit.snapshot_id}").result()
+            return hit
+        except Exception:  # removed since (sandlot image prune): pull again
+            _resolved.pop(key, None)
+    res = pull(ref, opts, session, out=out)
+    _resolved[key] = res
+    return res

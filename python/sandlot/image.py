@@ -231,6 +231,22 @@ class Image:
 
         return build(self, _resolve(session), output)
 
+    def pull(self, *, session: Session | None = None, progress: bool | Callable[[list[dict[str, Any]]], Any] = True) -> Any:
+        """Pull a :meth:`from_registry` image now (asking the registry again
+        even if this process pulled it before); returns a ``PullResult``
+        (``digest``, ``snapshot_id``, ``env``, ``workdir``, ``user``,
+        ``entrypoint``, ``cmd``). ``progress``: draw per-layer progress on
+        stderr (default), ``False``, or a callable given the layer list.
+
+        Raises ImagePullError (``.status``: 404, 401, 422, 502, 504).
+        """
+        from ._pull import PullOptions, pull
+        from .session import _resolve
+
+        if not self.spec.startswith("oci:"):
+            raise ValueError("pull() is for Image.from_registry() images")
+        return pull(self.spec[4:], self._pull or PullOptions(), _resolve(session), progress=progress)
+
     def register(
         self, name: str, *, session: Session | None = None, output: Callable[[str], Any] | None = None
     ) -> Image:

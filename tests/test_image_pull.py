@@ -1,0 +1,325 @@
+"""Image.from_registry against a real registry (Debian's docker-registry on
+127.0.0.1), filled with images assembled here (tests/_oci.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sandlot
+from sandlot import Image, ImagePullError, Sandbox, Secret
+
+from _oci import Entry, Registry, busybox_layer, start_registry, stop_registry, tar_layer
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    stop_registry(reg)
+
+
+@pytest.fixture(scope="module")
+def bb() -> bytes:
+    return busybox_layer()
+
+
+def sh(sb: Sandbox, script: str) -> tuple[int, str]:
+    p = sb.exec(["sh", "-c", script])
+    return p.wait(), p.stdout.read() + p.stderr.read()
+
+
+def leftovers(runner) -> list[str]:  # type: ignore[no-untyped-def]
+    """Half-written things a failed pull must not leave: tmp layers, tmp aliases."""
+    st = Path(runner.state_dir)
+    return sorted(p.name for d in ("snapshots", "images") for p in (st / d).glob(".tmp-*"))
+
+
+def snap_ids(session: sandlot.Session) -> set[str]:
+    return {s["snapshot_id"] for s in session.request("GET", "/v1/snapshots").result()["snapshots"]}
+
+
+def test_busybox_image_runs_its_own_userland(session, registry, bb):
+    registry.push_image("bb", "1", [bb], config={"Env": ["PATH=/bin", "HELLO=from-image"], "WorkingDir": "/etc"})
+    img = Image.from_registry(f"{registry.host}/bb:1")
+    with Sandbox.create(image=img, timeout=60, session=session) as sb:
+        code, out = sh(sb, "echo $HELLO; pwd; cat /etc/os-release; readlink /bin/sh; ls /usr /lib 2>&1; true")
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[:4] == ["from-image", "/etc", "NAME=sandlot-busybox-image", "busybox"]
+        # nothing of the host's userland is there (the host has /usr and /lib)
+        assert "No such file or directory" in lines[4] and "No such file or directory" in lines[5]
+    # the call's env and workdir win over the image's
+    with Sandbox.create(image=img, timeout=60, session=session, env={"HELLO": "call"}, workdir="/tmp") as sb:
+        assert sh(sb, "echo $HELLO; pwd") == (0, "call\n/tmp\n")
+    # listed as an image, with the reference and digest
+    names = [im["name"] for im in session.request("GET", "/v1/images").result()["images"]]
+    assert f"127.0.0.1_{registry.port}_bb_1" in names
+
+
+def test_whiteouts_hardlinks_owners_modes_xattrs(session, registry, bb, runner):
+    l2 = tar_layer(
+        [
+            Entry("a", tarfile.DIRTYPE, mode=0o755),
+            Entry("a/f1", data=b"one"),
+            Entry("a/f2", data=b"two"),
+            Entry("d", tarfile.DIRTYPE, mode=0o755),
+            Entry("d/x", data=b"x"),
+            Entry("h1", data=b"linked"),
+            Entry("h2", tarfile.LNKTYPE, link="h1"),
+            Entry("own", data=b"#!/bin/sh\n", mode=0o4755, uid=1234, gid=5678),
+            Entry("xa", data=b"x", xattrs={"user.sandlot": "yes"}),
+            Entry("abs", tarfile.SYMTYPE, link="/etc/os-release"),
+        ]
+    )
+    l3 = tar_layer(
+        [
+            Entry("a", tarfile.DIRTYPE, mode=0o755),
+            Entry("a/.wh.f1"),
+            Entry("d", tarfile.DIRTYPE, mode=0o755),
+            Entry("d/.wh..wh..opq"),
+            Entry("d/y", data=b"y"),
+        ]
+    )
+    registry.push_image("layers", "1", [bb, l2, l3], config={"Env": ["PATH=/bin"]})
+    res = Image.from_registry(f"{registry.host}/layers:1").pull(session=session, progress=False)
+    with Sandbox.create(image=Image.from_registry(f"{registry.host}/layers:1"), timeout=60, session=session) as sb:
+        code, out = sh(
+            sb,
+            "ls /a; echo --; ls /d; echo --; stat -c '%i %h' /h1 /h2; stat -c '%u %g %a' /own; cat /h2; echo; cat /abs",
+        )
+        assert code == 0, out
+        a, d, rest = out.split("--\n")
+        assert a.split() == ["f2"]  # .wh.f1 hid the lower f1
+        assert d.split() == ["y"]  # the opaque dir hid the lower x
+        r = rest.splitlines()
+        assert r[0].split()[0] == r[1].split()[0] and r[0].split()[1] == "2"  # one inode, two links
+        assert r[2] == "1234 5678 4755"
+        assert r[3] == "linked"
+        assert r[4] == "NAME=sandlot-busybox-image"  # an absolute symlink resolves inside the image
+        # the xattr survived: read it from the mounted middle layer on the host
+        mid = session.request("GET", f"/v1/snapshots/{res.snapshot_id}").result()["snapshot"]["parent"]
+        mnt = Path(runner.state_dir) / "snapshots" / mid / "mnt"
+        assert os.getxattr(mnt / "xa", "user.sandlot") == b"yes"
+
+
+def test_layers_shared_between_images(session, registry, bb):
+    registry.push_image("shared-a", "1", [bb, tar_layer([Entry("a.txt", data=b"a")])])
+    registry.push_image("shared-b", "1", [bb, tar_layer([Entry("b.txt", data=b"b")])])
+    Image.from_registry(f"{registry.host}/shared-a:1").pull(session=session, progress=False)
+    before = snap_ids(session)
+    seen: list[list[dict]] = []
+    res = Image.from_registry(f"{registry.host}/shared-b:1").pull(session=session, progress=seen.append)
+    after = snap_ids(session)
+    assert len(after - before) == 1  # only b's own layer is new: busybox is stored once
+    assert seen[-1][0]["phase"] == "cached" and seen[-1][1]["phase"] == "done"
+    assert res.snapshot_id in after - before
+
+
+def test_multi_arch_index_picks_the_platform(session, registry, bb):
+    amd = registry.push_image("multi", "amd", [bb, tar_layer([Entry("arch", data=b"amd64")])], arch="amd64")
+    arm = registry.push_image("multi", "arm", [bb, tar_layer([Entry("arch", data=b"arm64")])], arch="arm64")
+    registry.push_index("multi", "1", [arm, amd])
+    ref = f"{registry.host}/multi:1"
+    with Sandbox.create(image=Image.from_registry(ref), timeout=60, session=session) as sb:
+        assert sh(sb, "cat /arch") == (0, "amd64")
+    res = Image.from_registry(ref, platform="linux/arm64").pull(session=session, progress=False)
+    assert res.digest == arm["digest"]
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(ref, platform="linux/s390x").pull(session=session, progress=False)
+    assert ei.value.status == 404 and "linux/amd64" in str(ei.value) and "s390x" in str(ei.value)
+    # by digest, no tag
+    res = Image.from_registry(f"{registry.host}/multi@{amd['digest']}").pull(session=session, progress=False)
+    assert res.digest == amd["digest"]
+
+
+def test_zstd_and_uncompressed_layers(session, registry, bb):
+    registry.push_image("zst", "1", [bb, tar_layer([Entry("z", data=b"zstd layer")])], compress="zstd")
+    registry.push_image("raw", "1", [bb, tar_layer([Entry("r", data=b"plain layer")])], compress="none")
+    with Sandbox.create(image=Image.from_registry(f"{registry.host}/zst:1"), timeout=60, session=session) as sb:
+        assert sh(sb, "cat /z") == (0, "zstd layer")
+    with Sandbox.create(image=Image.from_registry(f"{registry.host}/raw:1"), timeout=60, session=session) as sb:
+        assert sh(sb, "cat /r") == (0, "plain layer")
+
+
+@pytest.mark.parametrize(
+    "entries, why",
+    [
+        ([Entry("../escaped", data=b"x")], "path traversal"),
+        ([Entry("ok/../../escaped", data=b"x")], "path traversal"),
+        ([Entry("esc", tarfile.SYMTYPE, link="/tmp"), Entry("esc/escaped", data=b"x")], "symbolic link"),
+        ([Entry("esc", tarfile.SYMTYPE, link="../../../../.."), Entry("esc/tmp/escaped", data=b"x")], "symbolic link"),
+        ([Entry("hl", tarfile.LNKTYPE, link="../../../../etc/passwd")], "out of the layer"),
+    ],
+    ids=["dotdot", "inner-dotdot", "abs-symlink-write", "rel-symlink-write", "hardlink-out"],
+)
+def test_unsafe_layers_are_refused(session, registry, bb, runner, entries, why, tmp_path):
+    repo = f"evil-{abs(hash(why + str(len(entries)))) % 10**6}-{len(entries)}"
+    registry.push_image(repo, "1", [bb, tar_layer(entries)])
+    before = snap_ids(session)
+    names = {im["name"] for im in session.request("GET", "/v1/images").result()["images"]}
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(f"{registry.host}/{repo}:1").pull(session=session, progress=False)
+    assert ei.value.status == 422 and why in str(ei.value), str(ei.value)
+    assert not Path("/tmp/escaped").exists()
+    # only the (valid, content-addressed) busybox layer may be new; nothing else
+    new = snap_ids(session) - before
+    assert all(session.request("GET", f"/v1/snapshots/{s}").result()["snapshot"]["parent"] is None for s in new)
+    assert {im["name"] for im in session.request("GET", "/v1/images").result()["images"]} == names
+    assert leftovers(runner) == []
+    assert session.health()["ok"]
+
+
+def test_corrupt_truncated_and_wrong_digest_refused(session, registry, bb, runner):
+    extra = tar_layer([Entry("data", data=os.urandom(50_000))])
+    im = registry.push_image("corrupt", "1", [bb, extra], compress="none")
+    ref = f"{registry.host}/corrupt:1"
+    blob = registry.blob_file(im["layers"][1]["digest"])
+    good = blob.read_bytes()
+    # a flipped byte: the blob's sha256 no longer matches
+    blob.write_bytes(good[:1000] + bytes([good[1000] ^ 0xFF]) + good[1001:])
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(ref).pull(session=session, progress=False)
+    assert ei.value.status == 422 and "corrupt" in str(ei.value)
+    # truncated: fewer bytes than the manifest says
+    blob.write_bytes(good[:20_000])
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(ref).pull(session=session, progress=False)
+    assert ei.value.status in (422, 502) and ("truncated" in str(ei.value) or "bytes" in str(ei.value))
+    blob.write_bytes(good)
+    # refused content is not kept for a resume
+    assert not list((Path(runner.state_dir) / "oci" / "blobs").glob(im["layers"][1]["digest"][7:] + "*"))
+    # a config whose diff_id does not match the layer's content
+    bad = registry.push_image("corrupt", "2", [bb, extra], diff_ids=[im_diff(bb), "sha256:" + "0" * 64])
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(f"{registry.host}/corrupt:2").pull(session=session, progress=False)
+    assert ei.value.status == 422 and "config says" in str(ei.value)
+    # a manifest that is not what its digest names
+    mfile = registry.blob_file(bad["digest"])
+    m = json.loads(mfile.read_bytes())
+    m["annotations"] = {"tampered": "yes"}
+    mfile.write_bytes(json.dumps(m).encode())
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(f"{registry.host}/corrupt@{bad['digest']}").pull(session=session, progress=False)
+    assert ei.value.status == 422 and "wrong digest" in str(ei.value)
+    # a tag that is not there
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(f"{registry.host}/corrupt:nope").pull(session=session, progress=False)
+    assert ei.value.status == 404 and "nope" in str(ei.value)
+    assert leftovers(runner) == []
+    # the intact image still pulls and runs
+    with Sandbox.create(image=Image.from_registry(ref), timeout=60, session=session) as sb:
+        assert sh(sb, "wc -c < /data") == (0, "50000\n")
+
+
+def im_diff(raw: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def test_layer_bomb_over_the_limit(session, registry, bb, runner):
+    bomb = tar_layer([Entry("zeros", data=bytes(8 << 20))])  # 8 MiB of zeros, ~8 kB gzipped
+    registry.push_image("bomb", "1", [bb, bomb])
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(f"{registry.host}/bomb:1", max_bytes=4 << 20).pull(session=session, progress=False)
+    assert ei.value.status == 422 and "limit" in str(ei.value)
+    assert leftovers(runner) == []
+
+
+def test_hanging_registry_times_out_and_pulls_are_deduplicated(session):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])  # and never answer
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        from sandlot._pull import PullOptions, start
+
+        ref = f"127.0.0.1:{srv.getsockname()[1]}/hang:1"
+        opts = PullOptions(stall_timeout=2)
+        first = start(ref, opts, session)
+        second = start(ref, opts, session)
+        assert second["pull_id"] == first["pull_id"] and second["joined"] and not first["joined"]
+        # the runner keeps serving while the pull hangs
+        assert session.health()["ok"]
+        with pytest.raises(ImagePullError) as ei:
+            Image.from_registry(ref, stall_timeout=2).pull(session=session, progress=False)
+        assert ei.value.status == 504 and "sent nothing" in str(ei.value)
+    finally:
+        stop.set()
+        t.join()
+        for c in conns:
+            c.close()
+        srv.close()
+
+
+def test_bad_references_are_rejected(session):
+    with pytest.raises(ValueError):
+        Image.from_registry("has space:1")
+    with pytest.raises(sandlot.InvalidArgumentError) as ei:  # the runner's 400
+        Image.from_registry("127.0.0.1:1/UPPER:1").pull(session=session, progress=False)
+    assert ei.value.status == 400 and "UPPER" in str(ei.value)
+
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = start_registry(tmp_path_factory.mktemp("authreg"), htpasswd=("alice", "s3cret-pw"))
+    yield reg
+    stop_registry(reg)
+
+
+def test_basic_auth_from_secret_and_docker_config(session, auth_registry, bb, tmp_path, monkeypatch):
+    auth_registry.push_image("private", "1", [bb, tar_layer([Entry("secret.txt", data=b"private")])])
+    ref = f"{auth_registry.host}/private:1"
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nodocker"))
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(ref).pull(session=session, progress=False)
+    assert ei.value.status == 401 and "credentials" in str(ei.value)
+    wrong = Secret.from_dict({"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "nope"})
+    with pytest.raises(ImagePullError) as ei:
+        Image.from_registry(ref, secret=wrong).pull(session=session, progress=False)
+    assert ei.value.status == 401 and "nope" not in str(ei.value)
+    good = Secret.from_dict({"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "s3cret-pw"})
+    with Sandbox.create(image=Image.from_registry(ref, secret=good), timeout=60, session=session) as sb:
+        assert sh(sb, "cat /secret.txt") == (0, "private")
+    # ~/.docker/config.json, as `docker login` writes it
+    cfg = tmp_path / "docker"
+    cfg.mkdir()
+    auth = base64.b64encode(b"alice:s3cret-pw").decode()
+    (cfg / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
+    res = Image.from_registry(ref).pull(session=session, progress=False)
+    assert res.snapshot_id.startswith("sn-")
+
+
+def test_progress_lines_when_not_a_terminal(session, registry, bb):
+    import io
+
+    registry.push_image("prog", "1", [bb, tar_layer([Entry("p", data=os.urandom(300_000))])])
+    out = io.StringIO()
+    from sandlot._pull import PullOptions, pull
+
+    pull(f"{registry.host}/prog:1", PullOptions(), session, out=out)
+    text = out.getvalue()
+    assert "[sandlot image]" in text and ": done" in text and "\x1b[" not in text
