@@ -323,3 +323,28 @@ def test_progress_lines_when_not_a_terminal(session, registry, bb):
     pull(f"{registry.host}/prog:1", PullOptions(), session, out=out)
     text = out.getvalue()
     assert "[sandlot image]" in text and ": done" in text and "\x1b[" not in text
+
+
+def test_cli_pull_ls_du_rm_prune(runner, session, registry, bb):
+    from conftest import client_env, run_cli
+
+    registry.push_image("clipull", "1", [bb, tar_layer([Entry("only-cli", data=os.urandom(100_000))])])
+    env = client_env(runner)
+    ref = f"{registry.host}/clipull:1"
+    r = run_cli(["image", "pull", ref], env)
+    assert r.returncode == 0, r.stderr
+    name, digest, top = r.stdout.split()[:3]
+    assert name == f"127.0.0.1_{registry.port}_clipull_1" and digest.startswith("sha256:")
+    assert "[sandlot image]" in r.stderr  # progress, one line at a time (not a terminal)
+    r = run_cli(["image", "ls"], env)
+    line = next(l for l in r.stdout.splitlines() if l.startswith(name))
+    assert ref in line and digest[:19] in line and ("kB" in line or "MB" in line)
+    r = run_cli(["image", "du"], env)
+    assert r.returncode == 0 and "pulled images" in r.stdout
+    assert run_cli(["image", "rm", name], env).returncode == 0
+    r = run_cli(["image", "prune"], env)
+    assert r.returncode == 0, r.stderr
+    # its own layer is gone; busybox stays while other pulled images use it
+    assert top not in snap_ids(session)
+    r = run_cli(["image", "pull", f"{registry.host}/clipull:missing"], env)
+    assert r.returncode == 1 and "not found" in r.stderr

@@ -12,7 +12,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -387,4 +389,146 @@ void sl_oci_shutdown(sl_runner *rt)
         pulls = p->next;
         pull_free(p);
     }
+}
+
+/* Bytes a snapshot's layer takes on disk (its erofs image, or 0 for a
+ * directory layer: walking it here would stall the loop). */
+static long long layer_bytes(sl_runner *rt, const char *sn)
+{
+    char *p = NULL;
+    struct stat st;
+    if (asprintf(&p, "%s/snapshots/%s/layer.erofs", rt->state_dir, sn) < 0)
+        return 0;
+    long long n = stat(p, &st) == 0 ? (long long)st.st_blocks * 512 : 0;
+    free(p);
+    return n;
+}
+
+static char *read_small(const char *path, size_t max, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return NULL;
+    char *buf = malloc(max + 1);
+    ssize_t n = buf ? read(fd, buf, max) : -1;
+    close(fd);
+    if (n < 0) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (len != NULL)
+        *len = (size_t)n;
+    return buf;
+}
+
+void sl_h_images_pulled(sl_req *r)
+{
+    sl_runner *rt = r->rt;
+    DIR *d = opendir(rt->images_dir);
+    if (d == NULL) {
+        sl_reply_error(r, 500, "listing %s: %s", rt->images_dir, strerror(errno));
+        return;
+    }
+    char **names = NULL, **infos = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    int oom = 0;
+    while ((de = readdir(d)) != NULL && !oom) {
+        if (!sl_name_valid(de->d_name))
+            continue;
+        char *p = NULL;
+        if (asprintf(&p, "%s/%s/oci.json", rt->images_dir, de->d_name) < 0) {
+            oom = 1;
+            break;
+        }
+        char *info = read_small(p, SL_OCI_META_MAX, NULL);
+        free(p);
+        if (info == NULL)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nn = realloc(names, cap * sizeof(*nn)),
+                 **ni = nn ? realloc(infos, cap * sizeof(*ni)) : NULL;
+            if (nn != NULL)
+                names = nn;
+            if (ni != NULL)
+                infos = ni;
+            if (nn == NULL || ni == NULL) {
+                free(info);
+                oom = 1;
+                break;
+            }
+        }
+        names[n] = strdup(de->d_name);
+        infos[n] = info;
+        if (names[n] == NULL) {
+            free(info);
+            oom = 1;
+            break;
+        }
+        n++;
+    }
+    closedir(d);
+    if (oom) {
+        sl_strv_free(names, n);
+        sl_strv_free(infos, n);
+        sl_reply_error(r, 500, "out of memory");
+        return;
+    }
+    sl_resp resp;
+    sl_resp_init(&resp);
+    sl_r_map(&resp, 2);
+    sl_r_str(&resp, "images");
+    sl_r_arr(&resp, n);
+    for (size_t i = 0; i < n; i++) {
+        sl_r_map(&resp, 2);
+        sl_r_kstr(&resp, "name", names[i]);
+        sl_r_kstr(&resp, "info", infos[i]);
+    }
+    /* every pulled layer with its size: disk usage, and what prune may drop */
+    DIR *sd = NULL;
+    char *snaps = sl_path_join(rt->state_dir, "snapshots");
+    size_t nl = 0, capl = 0;
+    char **ids = NULL;
+    if (snaps != NULL && (sd = opendir(snaps)) != NULL) {
+        while ((de = readdir(sd)) != NULL) {
+            if (strncmp(de->d_name, "sn-", 3) != 0 || strlen(de->d_name) != 19)
+                continue;
+            char *m = NULL;
+            if (asprintf(&m, "%s/%s/meta", snaps, de->d_name) < 0)
+                break;
+            size_t mlen = 0;
+            char *meta = read_small(m, 65536, &mlen);
+            free(m);
+            /* the label is in the msgpack meta as a plain string */
+            int oci = meta != NULL && memmem(meta, mlen, "oci-layer", 9) != NULL;
+            free(meta);
+            if (!oci)
+                continue;
+            if (nl == capl) {
+                capl = capl ? capl * 2 : 32;
+                char **ni = realloc(ids, capl * sizeof(*ni));
+                if (ni == NULL)
+                    break;
+                ids = ni;
+            }
+            if ((ids[nl] = strdup(de->d_name)) == NULL)
+                break;
+            nl++;
+        }
+        closedir(sd);
+    }
+    free(snaps);
+    sl_r_str(&resp, "layers");
+    sl_r_arr(&resp, nl);
+    for (size_t i = 0; i < nl; i++) {
+        sl_r_map(&resp, 2);
+        sl_r_kstr(&resp, "snapshot_id", ids[i]);
+        sl_r_kint(&resp, "bytes", layer_bytes(rt, ids[i]));
+    }
+    sl_strv_free(ids, nl);
+    sl_strv_free(names, n);
+    sl_strv_free(infos, n);
+    sl_reply(r, 200, &resp);
 }

@@ -67,6 +67,7 @@ int sl_oci_untar(int fd, const char *root, unsigned long long max_bytes, unsigne
 /* oci_api.c */
 void sl_h_image_pull(sl_req *r);     /* POST /v1/images/pull */
 void sl_h_image_pull_get(sl_req *r); /* GET /v1/images/pulls/{id} */
+void sl_h_images_pulled(sl_req *r);  /* GET /v1/images/pulled: oci.json of each, layer sizes */
 void sl_oci_shutdown(sl_runner *rt);
 
 #endif
