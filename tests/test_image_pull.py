@@ -348,3 +348,52 @@ def test_cli_pull_ls_du_rm_prune(runner, session, registry, bb):
     assert top not in snap_ids(session)
     r = run_cli(["image", "pull", f"{registry.host}/clipull:missing"], env)
     assert r.returncode == 1 and "not found" in r.stderr
+
+
+def test_dockerfile_builds_caches_and_names_unsupported(session, registry, bb, tmp_path):
+    registry.push_image("dfbase", "1", [bb], config={"Env": ["PATH=/bin"]})
+    ctx = tmp_path / "ctx"
+    (ctx / "app").mkdir(parents=True)
+    (ctx / "app" / "main.sh").write_text("echo app-ran\n")
+    (ctx / "conf.txt").write_text("conf-v1\n")
+    df = ctx / "Dockerfile"
+    df.write_text(
+        f"ARG BASE={registry.host}/dfbase:1\n"
+        "FROM $BASE\n"
+        "ARG GREETING=hello\n"
+        "ENV APP_HOME=/srv/app \\\n    MODE=test\n"
+        "WORKDIR $APP_HOME\n"
+        "COPY app/ ./\n"
+        "ADD conf.txt /etc/conf.txt\n"
+        "# a comment\n"
+        'RUN echo "$GREETING from $MODE" > /greeting && echo step-ran\n'
+        "USER root\n"
+        'ENTRYPOINT ["/bin/sh"]\n'
+        'CMD ["main.sh"]\n'
+        "LABEL x=y\n"
+    )
+    img = Image.from_dockerfile(df, build_args={"GREETING": "hi"})
+    log: list[str] = []
+    built = img.build(session=session, output=log.append)
+    assert "step-ran\n" in log
+    assert built.entrypoint == ("/bin/sh",) and built.cmd == ("main.sh",) and built.user == "root"
+    with Sandbox.create(image=img, timeout=60, session=session) as sb:
+        assert sh(sb, "pwd; cat /greeting /etc/conf.txt; sh main.sh") == (0, "/srv/app\nhi from test\nconf-v1\napp-ran\n")
+    log.clear()
+    img.build(session=session, output=log.append)
+    assert "step-ran\n" not in log and "(cached)" in "".join(log)
+    # a changed context file rebuilds from its step on
+    (ctx / "conf.txt").write_text("conf-v2\n")
+    log.clear()
+    Image.from_dockerfile(df, build_args={"GREETING": "hi"}).build(session=session, output=log.append)
+    assert "step-ran\n" in log
+    # unsupported instructions: named, with their line
+    df.write_text(f"FROM {registry.host}/dfbase:1\nRUN true\nHEALTHCHECK CMD true\n")
+    with pytest.raises(ValueError, match=r"Dockerfile line 3: instruction HEALTHCHECK is not supported"):
+        Image.from_dockerfile(df)
+    df.write_text(f"FROM {registry.host}/dfbase:1\nADD https://example.com/x /x\n")
+    with pytest.raises(ValueError, match=r"line 2: ADD of a URL"):
+        Image.from_dockerfile(df)
+    df.write_text(f"FROM {registry.host}/dfbase:1\nCOPY ../../etc/passwd /x\n")
+    with pytest.raises(ValueError, match=r"line 2: COPY source .* outside the build context"):
+        Image.from_dockerfile(df)

@@ -158,7 +158,8 @@ class Image:
         Example:
             >>> import tempfile, pathlib
             >>> d = pathlib.Path(tempfile.mkdtemp())
-            >>> _ = (d / "Dockerfile").write_text("FROM busybox:1\nENV A=1\nRUN echo hi > /x\n")
+            >>> lines = ["FROM busybox:1", "ENV A=1", "RUN echo hi > /x"]
+            >>> _ = (d / "Dockerfile").write_text(chr(10).join(lines))
             >>> Image.from_dockerfile(d / "Dockerfile")
             Image('oci:busybox:1', 2 steps)
         """
