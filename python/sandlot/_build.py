@@ -151,8 +151,7 @@ def build(image: Image, session: Session, output: Callable[[str], Any] | None = 
     elif spec.startswith("oci:"):
         from ._pull import PullOptions, resolve
 
-        res = resolve(spec[4:], image._pull or PullOptions(), session, out=_Out(write) if output is not None else None)
-        say(f"image {spec[4:]}: {res.digest} (layers up to {res.snapshot_id})")
+        res = resolve(spec[4:], image._pull or PullOptions(), session, out=_Out(write) if output is not None else None, say=say)
         base = "oci:" + res.digest  # the cache key: a moved tag rebuilds the steps
         top = res.snapshot_id
         env = dict(res.env)

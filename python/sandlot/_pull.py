@@ -251,7 +251,9 @@ def pull(
 _resolved: dict[tuple[int, str, str | None], PullResult] = {}
 
 
-def resolve(ref: str, opts: PullOptions, session: Session, out: TextIO | None = None) -> PullResult:
+def resolve(
+    ref: str, opts: PullOptions, session: Session, out: TextIO | None = None, say: Callable[[str], Any] | None = None
+) -> PullResult:
     """The image's layers, pulling them the first time this process needs them."""
     key = (id(session), ref, opts.platform)
     hit = _resolved.get(key)
@@ -263,4 +265,6 @@ def resolve(ref: str, opts: PullOptions, session: Session, out: TextIO | None = 
             _resolved.pop(key, None)
     res = pull(ref, opts, session, out=out)
     _resolved[key] = res
+    if say is not None:
+        say(f"image {ref}: {res.digest} (layers up to {res.snapshot_id})")
     return res
