@@ -132,20 +132,28 @@ class Registry:
         return self.push_manifest(repo, tag, idx, OCI_INDEX)
 
 
-def start_registry(base: Path, htpasswd: tuple[str, str] | None = None) -> Registry:
+def start_registry(
+    base: Path, htpasswd: tuple[str, str] | None = None, token: dict[str, str] | None = None, data: Path | None = None
+) -> Registry:
+    """docker-registry on 127.0.0.1: anonymous, htpasswd basic auth, or token
+    auth (``token``: realm, service, issuer, rootcertbundle); ``data``: share
+    another registry's storage (push through one, pull through the other)."""
     if not os.path.exists(REGISTRY_BIN):
         raise RuntimeError("needs Debian's docker-registry (apt-get install docker-registry; ./dev test installs it)")
     root = base
     (root / "data").mkdir(parents=True, exist_ok=True)
+    store = data if data is not None else root / "data"
     port = free_port()
     auth = ""
     if htpasswd is not None:
         line = subprocess.run(["htpasswd", "-Bbn", *htpasswd], capture_output=True, text=True, check=True).stdout.strip()
         (root / "htpasswd").write_text(line + "\n")
         auth = f"auth:\n  htpasswd:\n    realm: sandlot-test\n    path: {root / 'htpasswd'}\n"
+    if token is not None:
+        auth = "auth:\n  token:\n" + "".join(f"    {k}: {v}\n" for k, v in token.items())
     (root / "config.yml").write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {store}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
     )
     log = open(root / "registry.log", "wb")
@@ -218,3 +226,75 @@ def busybox_layer() -> bytes:
     ents += [Entry("etc", tarfile.DIRTYPE, mode=0o755), Entry("etc/os-release", data=b"NAME=sandlot-busybox-image\n")]
     ents += [Entry(d, tarfile.DIRTYPE, mode=0o755) for d in ("tmp", "root", "proc", "dev", "sys")]
     return tar_layer(ents)
+
+
+def _b64url(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A token server for registry token auth (the Docker Hub scheme): checks
+    basic credentials, answers {"token": JWT} signed RS256 with a self-signed
+    certificate the registry trusts (x5c header). Signing uses openssl(1)."""
+
+    def __init__(self, base: Path, user: str, password: str, service: str = "sandlot-test") -> None:
+        import http.server
+        import threading
+
+        self.base, self.user, self.password, self.service = base, user, password, service
+        self.issuer = "sandlot-test-issuer"
+        self.key, self.cert = base / "key.pem", base / "cert.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key), "-out", str(self.cert),
+             "-days", "2", "-subj", "/CN=sandlot-token"], check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True, capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.requests: list[str] = []
+        srv = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlparse
+
+                q = parse_qs(urlparse(self.path).query)
+                srv.requests.append(self.path)
+                want = "Basic " + base64.b64encode(f"{srv.user}:{srv.password}".encode()).decode()
+                if self.headers.get("Authorization") != want:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                scope = q.get("scope", [""])[0]
+                _, name, actions = (scope.split(":") + ["", "", ""])[:3]
+                body = json.dumps({"token": srv.sign(name, actions.split(","))}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def sign(self, name: str, actions: list[str]) -> str:
+        now = int(time.time())
+        head = {"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]}
+        claims = {"iss": self.issuer, "sub": self.user, "aud": self.service, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": os.urandom(8).hex(), "access": [{"type": "repository", "name": name, "actions": actions}]}
+        signing = f"{_b64url(json.dumps(head).encode())}.{_b64url(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing.encode(), check=True, capture_output=True).stdout
+        return f"{signing}.{_b64url(sig)}"
+
+    def config(self) -> dict[str, str]:
+        return {"realm": self.realm, "service": self.service, "issuer": self.issuer, "rootcertbundle": str(self.cert)}
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -397,3 +397,28 @@ def test_dockerfile_builds_caches_and_names_unsupported(session, registry, bb, t
     df.write_text(f"FROM {registry.host}/dfbase:1\nCOPY ../../etc/passwd /x\n")
     with pytest.raises(ValueError, match=r"line 2: COPY source .* outside the build context"):
         Image.from_dockerfile(df)
+
+
+def test_token_auth_registry(session, registry, bb, tmp_path_factory):
+    """Bearer tokens from a realm, as Docker Hub and most registries do it: the
+    registry trusts the test's token server; the pull fetches a token with
+    the credentials and retries."""
+    from _oci import TokenServer
+
+    base = tmp_path_factory.mktemp("token")
+    ts = TokenServer(base, "bob", "tok-pw")
+    # pushed through the open registry, pulled through a token-auth one on the same storage
+    registry.push_image("tokened", "1", [bb, tar_layer([Entry("t.txt", data=b"via token")])])
+    reg = start_registry(base / "reg", token=ts.config(), data=registry.root / "data")
+    try:
+        ref = f"{reg.host}/tokened:1"
+        with pytest.raises(ImagePullError) as ei:  # the token server refuses anonymous requests
+            Image.from_registry(ref).pull(session=session, progress=False)
+        assert ei.value.status == 401
+        good = Secret.from_dict({"REGISTRY_USERNAME": "bob", "REGISTRY_PASSWORD": "tok-pw"})
+        with Sandbox.create(image=Image.from_registry(ref, secret=good), timeout=60, session=session) as sb:
+            assert sh(sb, "cat /t.txt") == (0, "via token")
+        assert any("scope=repository%3Atokened%3Apull" in r for r in ts.requests), ts.requests
+    finally:
+        stop_registry(reg)
+        ts.stop()
