@@ -107,9 +107,10 @@ def test_whiteouts_hardlinks_owners_modes_xattrs(session, registry, bb, runner):
         assert r[3] == "linked"
         assert r[4] == "NAME=sandlot-busybox-image"  # an absolute symlink resolves inside the image
         # the xattr survived: read it from the mounted middle layer on the host
-        mid = session.request("GET", f"/v1/snapshots/{res.snapshot_id}").result()["snapshot"]["parent"]
-        mnt = Path(runner.state_dir) / "snapshots" / mid / "mnt"
-        assert os.getxattr(mnt / "xa", "user.sandlot") == b"yes"
+        mid = session.request("GET", f"/v1/snapshots/{res.snapshot_id}").result()["snapshot"]
+        mid = session.request("GET", f"/v1/snapshots/{mid['parent']}").result()["snapshot"]
+        leaf = "mnt" if mid["storage"] == "erofs" else "layer"
+        assert os.getxattr(Path(runner.state_dir) / "snapshots" / mid["snapshot_id"] / leaf / "xa", "user.sandlot") == b"yes"
 
 
 def test_layers_shared_between_images(session, registry, bb):
@@ -422,3 +423,18 @@ def test_token_auth_registry(session, registry, bb, tmp_path_factory):
     finally:
         stop_registry(reg)
         ts.stop()
+
+
+def test_erofs_layer_storage(session, registry, bb):
+    """The same layer semantics when layers are erofs images (the capture format)."""
+    l2 = tar_layer([Entry("e", tarfile.DIRTYPE, mode=0o755), Entry("e/gone", data=b"1"), Entry("e/kept", data=b"2"),
+                    Entry("e/l1", data=b"hl"), Entry("e/l2", tarfile.LNKTYPE, link="e/l1")])
+    l3 = tar_layer([Entry("e", tarfile.DIRTYPE, mode=0o755), Entry("e/.wh.gone")])
+    registry.push_image("erofs-layers", "1", [bb, tar_layer([Entry("erofs-marker", data=b"m")]), l2, l3])
+    img = Image.from_registry(f"{registry.host}/erofs-layers:1", storage="erofs")
+    res = img.pull(session=session, progress=False)
+    meta = session.request("GET", f"/v1/snapshots/{res.snapshot_id}").result()["snapshot"]
+    assert meta["storage"] == "erofs"
+    with Sandbox.create(image=img, timeout=60, session=session) as sb:
+        code, out = sh(sb, "ls /e; stat -c %h /e/l2; cat /erofs-marker")
+        assert (code, out.split()) == (0, ["kept", "l1", "l2", "2", "m"])

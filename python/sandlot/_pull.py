@@ -49,6 +49,7 @@ class PullOptions:
     insecure: bool = False
     max_bytes: int | None = None
     stall_timeout: float | None = None
+    storage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,8 @@ def start(ref: str, opts: PullOptions, session: Session) -> dict[str, Any]:
         body["max_bytes"] = int(opts.max_bytes)
     if opts.stall_timeout is not None:
         body["stall_timeout"] = float(opts.stall_timeout)
+    if opts.storage is not None:
+        body["storage"] = opts.storage
     return session.request("POST", "/v1/images/pull", body).result()["pull"]
 
 

@@ -99,6 +99,7 @@ class Image:
         insecure: bool = False,
         max_bytes: int | None = None,
         stall_timeout: float | None = None,
+        storage: str | None = None,
     ) -> Image:
         """An image from an OCI/Docker registry, pulled by the runner on first use.
 
@@ -121,6 +122,10 @@ class Image:
             max_bytes: refuse an image whose layers unpack to more (default 64 GiB).
             stall_timeout: seconds without a byte before the registry counts
                 as hanging (default 60).
+            storage: how new layers are stored: ``"dir"`` (default: unpacked
+                straight into the layer directory) or ``"erofs"`` (one image
+                file per layer, like snapshot captures; slower to pull, fewer
+                inodes on the host). Layers already stored are reused either way.
 
         Raises (at build / first use): ImagePullError.
 
@@ -134,7 +139,11 @@ class Image:
             raise ValueError(f"Image.from_registry() needs a reference like 'busybox:1.36', got {ref!r}")
         if platform is not None and (not isinstance(platform, str) or not platform.startswith("linux/")):
             raise ValueError(f"platform must look like 'linux/amd64', got {platform!r}")
-        opts = PullOptions(secret=secret, platform=platform, insecure=insecure, max_bytes=max_bytes, stall_timeout=stall_timeout)
+        if storage not in (None, "dir", "erofs"):
+            raise ValueError(f"storage must be 'dir' or 'erofs', got {storage!r}")
+        opts = PullOptions(
+            secret=secret, platform=platform, insecure=insecure, max_bytes=max_bytes, stall_timeout=stall_timeout, storage=storage
+        )
         return cls("oci:" + ref, _pull=opts)
 
     @classmethod

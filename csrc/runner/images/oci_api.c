@@ -113,6 +113,9 @@ static void on_line(sl_pull *p, char *l)
         if (sscanf(l + 2, "%d", &i) == 1 && i >= 0 && i < MAX_LAYERS)
             p->layers[i].phase = L_DONE;
         break;
+    case 'I': /* the child's own log lines (its log fd is closed) */
+        sl_info("pull %s of %s: %s", p->id, p->ref, l + 2);
+        break;
     case 'R':
         free(p->result);
         p->result = strdup(l + 2);
@@ -241,7 +244,7 @@ void sl_h_image_pull(sl_req *r)
 {
     sl_runner *rt = r->rt;
     sl_err e;
-    char *ref = NULL, *user = NULL, *pass = NULL, *platform = NULL;
+    char *ref = NULL, *user = NULL, *pass = NULL, *platform = NULL, *storage = NULL;
     int insecure = 0;
     double max_bytes = 0, stall = 0;
     sl_pull *p = NULL;
@@ -249,6 +252,7 @@ void sl_h_image_pull(sl_req *r)
         sl_msg_str(r->body, "username", 0, &user, &e) < 0 ||
         sl_msg_str(r->body, "password", 0, &pass, &e) < 0 ||
         sl_msg_str(r->body, "platform", 0, &platform, &e) < 0 ||
+        sl_msg_str(r->body, "storage", 0, &storage, &e) < 0 ||
         sl_msg_bool(r->body, "insecure", 0, &insecure, &e) < 0 ||
         sl_msg_num(r->body, "max_bytes", (double)SL_OCI_MAX_BYTES_DEFAULT,
                    (double)SL_OCI_MAX_BYTES_DEFAULT, &max_bytes, &e) < 0 ||
@@ -270,6 +274,19 @@ void sl_h_image_pull(sl_req *r)
     }
     if (max_bytes < 1 || stall <= 0 || stall > 3600) {
         sl_reply_error(r, 400, "max_bytes must be >= 1 and stall_timeout in (0, 3600]");
+        goto out;
+    }
+    /* Layers are directories unless asked: unpacking straight into the
+     * layer dir skips mkfs.erofs and removing the unpacked tree, which cost
+     * as much again as the unpack for layers of many small files
+     * (bench/RESULTS.md). "erofs" where the runner can mount images. */
+    int erofs = storage != NULL && strcmp(storage, "erofs") == 0;
+    if (storage != NULL && !erofs && strcmp(storage, "dir") != 0) {
+        sl_reply_error(r, 400, "storage must be \"dir\" or \"erofs\"");
+        goto out;
+    }
+    if (erofs && rt->snap_storage != SL_SNAP_STORAGE_EROFS) {
+        sl_reply_error(r, 400, "storage \"erofs\": this runner cannot mount erofs images");
         goto out;
     }
     if (user != NULL && pass == NULL) {
@@ -325,7 +342,7 @@ void sl_h_image_pull(sl_req *r)
         .stall = stall,
         .state_dir = rt->state_dir,
         .images_dir = rt->images_dir,
-        .erofs = rt->snap_storage == SL_SNAP_STORAGE_EROFS,
+        .erofs = erofs,
         .name = p->name,
     };
     int fl = fcntl(p->fd, F_GETFL);
@@ -363,6 +380,7 @@ out:
     wipe_free(user);
     wipe_free(pass);
     free(platform);
+    free(storage);
 }
 
 void sl_h_image_pull_get(sl_req *r)
@@ -391,8 +409,10 @@ void sl_oci_shutdown(sl_runner *rt)
     }
 }
 
-/* Bytes a snapshot's layer takes on disk (its erofs image, or 0 for a
- * directory layer: walking it here would stall the loop). */
+static char *read_small(const char *path, size_t max, size_t *len);
+
+/* Bytes a snapshot's layer takes on disk (its erofs image, or for a directory
+ * layer the unpacked size the pull recorded: walking it would stall the loop). */
 static long long layer_bytes(sl_runner *rt, const char *sn)
 {
     char *p = NULL;
@@ -401,6 +421,13 @@ static long long layer_bytes(sl_runner *rt, const char *sn)
         return 0;
     long long n = stat(p, &st) == 0 ? (long long)st.st_blocks * 512 : 0;
     free(p);
+    if (n == 0 && asprintf(&p, "%s/snapshots/%s/size", rt->state_dir, sn) >= 0) {
+        /* a directory layer: its unpacked size, written by the pull */
+        char *txt = read_small(p, 32, NULL);
+        n = txt != NULL ? strtoll(txt, NULL, 10) : 0;
+        free(txt);
+        free(p);
+    }
     return n;
 }
 
