@@ -438,3 +438,25 @@ def test_erofs_layer_storage(session, registry, bb):
     with Sandbox.create(image=img, timeout=60, session=session) as sb:
         code, out = sh(sb, "ls /e; stat -c %h /e/l2; cat /erofs-marker")
         assert (code, out.split()) == (0, ["kept", "l1", "l2", "2", "m"])
+
+
+def test_device_nodes_in_layers_are_not_created(session, registry, bb, runner):
+    """The sandbox root is not nodev: a block device for the host's disk or a
+    /dev/mem char device in an image would be a way out, so none is made."""
+    disk = os.stat("/").st_dev
+    import io as _io
+
+    buf = _io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, typ, (ma, mi) in (("hostdisk", tarfile.BLKTYPE, (os.major(disk), os.minor(disk))), ("kmem", tarfile.CHRTYPE, (1, 1))):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.devmajor, ti.devminor = typ, 0o666, ma, mi
+            t.addfile(ti)
+        ti = tarfile.TarInfo("fifo")
+        ti.type = tarfile.FIFOTYPE
+        t.addfile(ti)
+    raw = buf.getvalue()
+    registry.push_image("devnodes", "1", [bb, raw])
+    with Sandbox.create(image=Image.from_registry(f"{registry.host}/devnodes:1"), timeout=60, session=session) as sb:
+        code, out = sh(sb, "ls /hostdisk /kmem 2>&1; test -p /fifo && echo fifo-ok")
+        assert "No such file or directory" in out and out.count("No such file") == 2 and "fifo-ok" in out
