@@ -460,3 +460,71 @@ def test_device_nodes_in_layers_are_not_created(session, registry, bb, runner):
     with Sandbox.create(image=Image.from_registry(f"{registry.host}/devnodes:1"), timeout=60, session=session) as sb:
         code, out = sh(sb, "ls /hostdisk /kmem 2>&1; test -p /fifo && echo fifo-ok")
         assert "No such file or directory" in out and out.count("No such file") == 2 and "fifo-ok" in out
+
+
+def test_tree_matches_what_umoci_unpacks(session, registry, bb, tmp_path):
+    """The merged root a sandbox sees equals `skopeo copy` + `umoci unpack` of
+    the same image: types, modes (set-id bits too), owners, sizes, link
+    targets, hard links, whiteouts and opaque dirs applied."""
+    import shutil
+    import stat as st_
+    import subprocess
+
+    if not (shutil.which("skopeo") and shutil.which("umoci")):
+        pytest.fail("needs skopeo and umoci (apt-get install skopeo umoci; ./dev test installs them)")
+    l2 = tar_layer(
+        [
+            Entry("cmp", tarfile.DIRTYPE, mode=0o755),
+            Entry("cmp/a", tarfile.DIRTYPE, mode=0o750, uid=7, gid=8),
+            Entry("cmp/a/f1", data=b"one"),
+            Entry("cmp/a/f2", data=b"two", mode=0o600, uid=1000, gid=1000),
+            Entry("cmp/d", tarfile.DIRTYPE, mode=0o755),
+            Entry("cmp/d/x", data=b"x"),
+            Entry("cmp/h1", data=b"linked"),
+            Entry("cmp/h2", tarfile.LNKTYPE, link="cmp/h1"),
+            Entry("cmp/suid", data=b"#!/bin/sh\n", mode=0o4755),
+            Entry("cmp/sgid-dir", tarfile.DIRTYPE, mode=0o2775, gid=50),
+            Entry("cmp/abs", tarfile.SYMTYPE, link="/etc/os-release"),
+            Entry("cmp/rel", tarfile.SYMTYPE, link="a/f2"),
+        ]
+    )
+    l3 = tar_layer(
+        [
+            Entry("cmp", tarfile.DIRTYPE, mode=0o755),
+            Entry("cmp/a", tarfile.DIRTYPE, mode=0o750, uid=7, gid=8),
+            Entry("cmp/a/.wh.f1"),
+            Entry("cmp/d", tarfile.DIRTYPE, mode=0o711),
+            Entry("cmp/d/.wh..wh..opq"),
+            Entry("cmp/d/y", data=b"yy", mode=0o640, uid=3, gid=4),
+            Entry("cmp/new", data=b"n" * 5000),
+        ]
+    )
+    registry.push_image("cmp", "1", [bb, l2, l3])
+    ref = f"{registry.host}/cmp:1"
+    oci, bundle = tmp_path / "oci", tmp_path / "bundle"
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}", f"oci:{oci}:1"], check=True)
+    subprocess.run(["umoci", "unpack", "--image", f"{oci}:1", str(bundle)], check=True, capture_output=True)
+    root = bundle / "rootfs"
+    want = set()
+    for dirpath, dirs, files in os.walk(root / "cmp"):
+        for n in dirs + files:
+            p = Path(dirpath) / n
+            s = os.lstat(p)
+            link = os.readlink(p) if st_.S_ISLNK(s.st_mode) else ""
+            size = s.st_size if st_.S_ISREG(s.st_mode) else 0
+            want.add(("/" + str(p.relative_to(root)), s.st_mode, s.st_uid, s.st_gid, size, s.st_nlink if st_.S_ISREG(s.st_mode) else 0, link))
+    with Sandbox.create(image=Image.from_registry(ref), timeout=60, session=session) as sb:
+        code, out = sh(
+            sb,
+            "find /cmp -mindepth 1 | while read p; do "
+            "echo \"$p|$(stat -c '%f|%u|%g|%s|%h|%F' \"$p\")|$(readlink \"$p\")\"; done",
+        )
+    assert code == 0, out
+    got = set()
+    for line in out.splitlines():
+        p, mode, uid, gid, size, nlink, kind, link = line.split("|")
+        m = int(mode, 16)
+        reg = st_.S_ISREG(m)
+        got.add((p, m, int(uid), int(gid), int(size) if reg else 0, int(nlink) if reg else 0, link))
+    assert len(want) == 11 and any(m & 0o4000 for _, m, *_ in want)  # the whole tree, set-uid included
+    assert got == want, (sorted(got - want), sorted(want - got))
