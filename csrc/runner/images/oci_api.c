@@ -329,7 +329,13 @@ void sl_h_image_pull(sl_req *r)
     p->platform = platform;
     user = pass = platform = NULL;
     strcpy(p->id, "pl-");
-    sl_random_hex(p->id + 3, 16);
+    if (sl_random_hex(p->id + 3, 16) < 0) {
+        close(fds[1]);
+        pull_free(p);
+        p = NULL;
+        sl_reply_error(r, 500, "no randomness for a pull id");
+        goto out;
+    }
     sl_oci_ref_name(p->ref, p->name);
     p->started = sl_now();
     p->args = (sl_oci_args){

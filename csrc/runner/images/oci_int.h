@@ -3,6 +3,10 @@
 #define SL_OCI_INT_H
 
 #include <curl/curl.h>
+#include <openssl/evp.h>
+#include <sys/types.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #include "sl_oci.h"
 
@@ -36,5 +40,29 @@ int oci_get_blob_file(oci_client *cl, const char *digest, unsigned long long siz
 /* "sha256:<64 hex>" of buf */
 void oci_sha256_str(const void *buf, size_t len, char out[72]);
 int oci_digest_valid(const char *d); /* sha256:<64 lowercase hex> */
+
+/* oci_stream.c: a layer blob's uncompressed bytes (see there). */
+typedef struct oci_src {
+    int fd;
+    int kind;
+    z_stream z;
+    ZSTD_DStream *zs;
+    unsigned char in[1 << 17];
+    size_t in_len, in_pos;
+    int in_eof, out_eof;
+    EVP_MD_CTX *md;
+    unsigned long long total, max;
+    unsigned long skipped_devices;
+    char *err;
+    size_t errlen;
+} oci_src;
+
+int oci_src_open(oci_src *s, int fd, unsigned long long max);   /* s zeroed, err set */
+ssize_t oci_src_read(oci_src *s, unsigned char *buf, size_t n); /* 0 at the end */
+int oci_src_full(oci_src *s, unsigned char *buf, size_t n);     /* exactly n, or truncated */
+int oci_src_skip(oci_src *s, unsigned long long n);
+int oci_src_fail(oci_src *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int oci_src_digest(oci_src *s, unsigned char out[32]); /* sha256 of what was read */
+void oci_src_close(oci_src *s);
 
 #endif

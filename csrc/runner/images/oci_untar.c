@@ -16,7 +16,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,32 +24,12 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-#include <zlib.h>
-#include <zstd.h>
 
-#include "sl_oci.h"
+#include "oci_int.h"
 #include "sl_sandbox.h"
 
 #define BLK 512
-#define INBUF (1 << 17)
 #define PATH_MAX_TAR 4096
-
-enum { RAW, GZ, ZST };
-
-typedef struct src {
-    int fd;
-    int kind;
-    z_stream z;
-    ZSTD_DStream *zs;
-    unsigned char in[INBUF];
-    size_t in_len, in_pos;
-    int in_eof, out_eof;
-    EVP_MD_CTX *md;
-    unsigned long long total, max;
-    unsigned long skipped_devices;
-    char *err;
-    size_t errlen;
-} src;
 
 typedef struct xattr {
     char *name;
@@ -85,130 +64,6 @@ typedef struct dirtime {
     char *rel;
     struct timespec t;
 } dirtime;
-
-static int fail(src *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(src *s, const char *fmt, ...)
-{
-    if (s->err[0] != '\0')
-        return -1; /* keep the first reason */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->err, s->errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-static int fill_in(src *s)
-{
-    if (s->in_pos < s->in_len || s->in_eof)
-        return 0;
-    ssize_t n;
-    do
-        n = read(s->fd, s->in, sizeof(s->in));
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return fail(s, "reading the layer blob: %s", strerror(errno));
-    s->in_len = (size_t)n;
-    s->in_pos = 0;
-    if (n == 0)
-        s->in_eof = 1;
-    return 0;
-}
-
-/* Up to n uncompressed bytes into buf; 0 at the end of the stream. */
-static ssize_t src_read(src *s, unsigned char *buf, size_t n)
-{
-    size_t got = 0;
-    while (got == 0 && !s->out_eof) {
-        if (fill_in(s) < 0)
-            return -1;
-        if (s->kind == RAW) {
-            if (s->in_eof) {
-                s->out_eof = 1;
-                break;
-            }
-            size_t k = s->in_len - s->in_pos < n ? s->in_len - s->in_pos : n;
-            memcpy(buf, s->in + s->in_pos, k);
-            s->in_pos += k;
-            got = k;
-        } else if (s->kind == GZ) {
-            if (s->in_eof && s->in_pos == s->in_len)
-                return fail(s, "layer blob is truncated (gzip stream ends early)");
-            s->z.next_in = s->in + s->in_pos;
-            s->z.avail_in = (uInt)(s->in_len - s->in_pos);
-            s->z.next_out = buf;
-            s->z.avail_out = (uInt)n;
-            int rc = inflate(&s->z, Z_NO_FLUSH);
-            s->in_pos = s->in_len - s->z.avail_in;
-            got = n - s->z.avail_out;
-            if (rc == Z_STREAM_END) {
-                /* Concatenated members are one stream (gzip(1) allows it). */
-                if (fill_in(s) < 0)
-                    return -1;
-                if (s->in_eof && s->in_pos == s->in_len)
-                    s->out_eof = 1;
-                else if (inflateReset(&s->z) != Z_OK)
-                    return fail(s, "gzip: reset failed");
-            } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
-                return fail(s, "layer blob is corrupt (gzip: %s)", s->z.msg ? s->z.msg : "error");
-            }
-        } else {
-            if (s->in_eof && s->in_pos == s->in_len)
-                return fail(s, "layer blob is truncated (zstd stream ends early)");
-            ZSTD_inBuffer ib = {s->in, s->in_len, s->in_pos};
-            ZSTD_outBuffer ob = {buf, n, 0};
-            size_t rc = ZSTD_decompressStream(s->zs, &ob, &ib);
-            if (ZSTD_isError(rc))
-                return fail(s, "layer blob is corrupt (zstd: %s)", ZSTD_getErrorName(rc));
-            s->in_pos = ib.pos;
-            got = ob.pos;
-            if (rc == 0) {
-                if (fill_in(s) < 0)
-                    return -1;
-                if (s->in_eof && s->in_pos == s->in_len)
-                    s->out_eof = 1;
-            }
-        }
-    }
-    if (got > 0) {
-        s->total += got;
-        if (s->total > s->max)
-            return fail(s,
-                        "layer unpacks to more than the limit of %llu bytes (a layer bomb?); raise "
-                        "max_bytes if the image is really this large",
-                        s->max);
-        if (EVP_DigestUpdate(s->md, buf, got) != 1)
-            return fail(s, "sha256 failed");
-    }
-    return (ssize_t)got;
-}
-
-/* Exactly n bytes (n > 0), or an error naming truncation. */
-static int src_full(src *s, unsigned char *buf, size_t n)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t k = src_read(s, buf + got, n - got);
-        if (k < 0)
-            return -1;
-        if (k == 0)
-            return fail(s, "layer tarball is truncated");
-        got += (size_t)k;
-    }
-    return 0;
-}
-
-static int skip(src *s, unsigned long long n)
-{
-    unsigned char buf[1 << 14];
-    while (n > 0) {
-        size_t k = n < sizeof(buf) ? (size_t)n : sizeof(buf);
-        if (src_full(s, buf, k) < 0)
-            return -1;
-        n -= k;
-    }
-    return 0;
-}
 
 /* ---- header fields ---- */
 
@@ -271,7 +126,7 @@ static void entry_free(entry *e)
 }
 
 /* Apply one PAX record set (data of an 'x' header) to the next entry. */
-static int pax(src *s, char *d, size_t len, pending *e)
+static int pax(oci_src *s, char *d, size_t len, pending *e)
 {
     size_t i = 0;
     while (i < len) {
@@ -280,11 +135,11 @@ static int pax(src *s, char *d, size_t len, pending *e)
             break;
         unsigned long long rl = strtoull(d + i, NULL, 10);
         if (rl == 0 || rl > len - i)
-            return fail(s, "corrupt pax header");
+            return oci_src_fail(s, "corrupt pax header");
         char *rec = sp + 1, *end = d + i + rl - 1; /* end: the '\n' */
         char *eq = memchr(rec, '=', (size_t)(end - rec));
         if (eq == NULL || *end != '\n')
-            return fail(s, "corrupt pax header");
+            return oci_src_fail(s, "corrupt pax header");
         *eq = '\0';
         char *val = eq + 1;
         size_t vlen = (size_t)(end - val);
@@ -323,7 +178,7 @@ static int pax(src *s, char *d, size_t len, pending *e)
         } else if (strncmp(rec, "SCHILY.xattr.", 13) == 0) {
             xattr *nx = realloc(e->xa, (e->nxa + 1) * sizeof(*nx));
             if (nx == NULL)
-                return fail(s, "out of memory");
+                return oci_src_fail(s, "out of memory");
             e->xa = nx;
             nx[e->nxa].name = strdup(rec + 13);
             nx[e->nxa].val = malloc(vlen ? vlen : 1);
@@ -331,14 +186,14 @@ static int pax(src *s, char *d, size_t len, pending *e)
             if (nx[e->nxa].name == NULL || nx[e->nxa].val == NULL) {
                 free(nx[e->nxa].name);
                 free(nx[e->nxa].val);
-                return fail(s, "out of memory");
+                return oci_src_fail(s, "out of memory");
             }
             memcpy(nx[e->nxa].val, val, vlen);
             e->nxa++;
         }
         if ((strcmp(rec, "path") == 0 && e->path == NULL) ||
             (strcmp(rec, "linkpath") == 0 && e->link == NULL))
-            return fail(s, "out of memory");
+            return oci_src_fail(s, "out of memory");
         i += rl;
     }
     return 0;
@@ -382,13 +237,13 @@ static int open_beneath(int root, const char *rel, int flags)
 
 /* The dir fd of rel's parent (created as 0755 root dirs when missing) and
  * the last component in *base. */
-static int parent_of(src *s, int root, char *rel, const char **base)
+static int parent_of(oci_src *s, int root, char *rel, const char **base)
 {
     char *slash = strrchr(rel, '/');
     if (slash == NULL) {
         *base = rel;
         int fd = dup(root);
-        return fd < 0 ? fail(s, "dup: %s", strerror(errno)) : fd;
+        return fd < 0 ? oci_src_fail(s, "dup: %s", strerror(errno)) : fd;
     }
     *slash = '\0';
     *base = slash + 1;
@@ -422,32 +277,32 @@ static int parent_of(src *s, int root, char *rel, const char **base)
     *slash = '/';
     if (fd < 0) {
         if (err == ELOOP || err == EXDEV)
-            return fail(s, "layer entry '%.300s' would be written through a symbolic link; refused",
-                        rel);
+            return oci_src_fail(
+                s, "layer entry '%.300s' would be written through a symbolic link; refused", rel);
         if (err == ENOTDIR)
-            return fail(s, "layer entry '%.300s': a parent is not a directory", rel);
-        return fail(s, "layer entry '%.300s': %s", rel, strerror(err));
+            return oci_src_fail(s, "layer entry '%.300s': a parent is not a directory", rel);
+        return oci_src_fail(s, "layer entry '%.300s': %s", rel, strerror(err));
     }
     return fd;
 }
 
 /* Remove whatever is at base in dir (a file or a whole tree). */
-static int remove_at(src *s, int dir, const char *base)
+static int remove_at(oci_src *s, int dir, const char *base)
 {
     struct stat st;
     if (fstatat(dir, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
-        return errno == ENOENT ? 0 : fail(s, "stat %s: %s", base, strerror(errno));
+        return errno == ENOENT ? 0 : oci_src_fail(s, "stat %s: %s", base, strerror(errno));
     if (!S_ISDIR(st.st_mode)) {
         if (unlinkat(dir, base, 0) < 0)
-            return fail(s, "unlink %s: %s", base, strerror(errno));
+            return oci_src_fail(s, "unlink %s: %s", base, strerror(errno));
         return 0;
     }
     char *p = NULL;
     if (asprintf(&p, "/proc/self/fd/%d/%s", dir, base) < 0)
-        return fail(s, "out of memory");
+        return oci_src_fail(s, "out of memory");
     int rc = sl_rm_rf(p);
     free(p);
-    return rc < 0 ? fail(s, "removing %s: %s", base, strerror(errno)) : 0;
+    return rc < 0 ? oci_src_fail(s, "removing %s: %s", base, strerror(errno)) : 0;
 }
 
 static int is_overlay_xattr(const char *n)
@@ -456,18 +311,18 @@ static int is_overlay_xattr(const char *n)
 }
 
 /* Owner, mode, xattrs, mtime of base in dir (or fd for regular files). */
-static int finish_meta(src *s, int dir, const char *base, int fd, const entry *e, int is_link,
+static int finish_meta(oci_src *s, int dir, const char *base, int fd, const entry *e, int is_link,
                        int is_dir)
 {
     char pp[64];
     snprintf(pp, sizeof(pp), "/proc/self/fd/%d/", dir);
     char *path = NULL;
     if (asprintf(&path, "%s%s", pp, base) < 0)
-        return fail(s, "out of memory");
+        return oci_src_fail(s, "out of memory");
     int rc = 0;
     if (fchownat(dir, base, (uid_t)e->uid, (gid_t)e->gid, AT_SYMLINK_NOFOLLOW) < 0 &&
         !(errno == EPERM && geteuid() != 0)) {
-        rc = fail(s, "chown %s: %s", e->path, strerror(errno));
+        rc = oci_src_fail(s, "chown %s: %s", e->path, strerror(errno));
         goto out;
     }
     for (size_t i = 0; i < e->nxa; i++) {
@@ -476,7 +331,7 @@ static int finish_meta(src *s, int dir, const char *base, int fd, const entry *e
         int x = fd >= 0 ? fsetxattr(fd, e->xa[i].name, e->xa[i].val, e->xa[i].len, 0)
                         : lsetxattr(path, e->xa[i].name, e->xa[i].val, e->xa[i].len, 0);
         if (x < 0 && errno != ENOTSUP && errno != EPERM) {
-            rc = fail(s, "setxattr %s on %s: %s", e->xa[i].name, e->path, strerror(errno));
+            rc = oci_src_fail(s, "setxattr %s on %s: %s", e->xa[i].name, e->path, strerror(errno));
             goto out;
         }
     }
@@ -484,14 +339,14 @@ static int finish_meta(src *s, int dir, const char *base, int fd, const entry *e
         /* after chown, which clears set-id bits */
         int m = fd >= 0 ? fchmod(fd, e->mode & 07777) : fchmodat(dir, base, e->mode & 07777, 0);
         if (m < 0) {
-            rc = fail(s, "chmod %s: %s", e->path, strerror(errno));
+            rc = oci_src_fail(s, "chmod %s: %s", e->path, strerror(errno));
             goto out;
         }
     }
     if (!is_dir) {
         struct timespec ts[2] = {e->mtime, e->mtime};
         if (utimensat(dir, base, ts, AT_SYMLINK_NOFOLLOW) < 0) {
-            rc = fail(s, "utimes %s: %s", e->path, strerror(errno));
+            rc = oci_src_fail(s, "utimes %s: %s", e->path, strerror(errno));
             goto out;
         }
     }
@@ -500,17 +355,17 @@ out:
     return rc;
 }
 
-static int write_file(src *s, int dir, const char *base, const entry *e)
+static int write_file(oci_src *s, int dir, const char *base, const entry *e)
 {
     int fd = openat(dir, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
-        return fail(s, "create %s: %s", e->path, strerror(errno));
+        return oci_src_fail(s, "create %s: %s", e->path, strerror(errno));
     unsigned char buf[1 << 16];
     unsigned long long left = e->size;
     int rc = 0;
     while (left > 0 && rc == 0) {
         size_t k = left < sizeof(buf) ? (size_t)left : sizeof(buf);
-        if (src_full(s, buf, k) < 0) {
+        if (oci_src_full(s, buf, k) < 0) {
             rc = -1;
             break;
         }
@@ -520,7 +375,7 @@ static int write_file(src *s, int dir, const char *base, const entry *e)
             if (w < 0 && errno == EINTR)
                 continue;
             if (w < 0) {
-                rc = fail(s, "write %s: %s", e->path, strerror(errno));
+                rc = oci_src_fail(s, "write %s: %s", e->path, strerror(errno));
                 break;
             }
             off += (size_t)w;
@@ -533,19 +388,19 @@ static int write_file(src *s, int dir, const char *base, const entry *e)
     return rc;
 }
 
-static int add_dirtime(src *s, dirtime **v, size_t *n, size_t *cap, const char *rel,
+static int add_dirtime(oci_src *s, dirtime **v, size_t *n, size_t *cap, const char *rel,
                        struct timespec t)
 {
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 256;
         dirtime *nv = realloc(*v, nc * sizeof(*nv));
         if (nv == NULL)
-            return fail(s, "out of memory");
+            return oci_src_fail(s, "out of memory");
         *v = nv;
         *cap = nc;
     }
     if (((*v)[*n].rel = strdup(rel)) == NULL)
-        return fail(s, "out of memory");
+        return oci_src_fail(s, "out of memory");
     (*v)[*n].t = t;
     (*n)++;
     return 0;
@@ -553,14 +408,14 @@ static int add_dirtime(src *s, dirtime **v, size_t *n, size_t *cap, const char *
 
 /* One entry whose header (and pax/longname records) is parsed; its data
  * (e->size bytes, padded) follows in s. */
-static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *cdt)
+static int apply(oci_src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *cdt)
 {
     unsigned long long pad = (BLK - e->size % BLK) % BLK;
     char type = e->type;
     int has_data = type == '0' || type == '\0' || type == '7';
     if (clean(e->path) < 0)
-        return fail(s, "layer entry '%.300s' has a '..' component (path traversal); refused",
-                    e->path);
+        return oci_src_fail(
+            s, "layer entry '%.300s' has a '..' component (path traversal); refused", e->path);
     if (e->path[0] == '\0') {
         /* the layer root itself: its mode/owner/mtime */
         if (type == '5') {
@@ -568,9 +423,9 @@ static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *
             int rc = finish_meta(s, root, ".", -1, &copy, 0, 1);
             if (rc == 0)
                 rc = add_dirtime(s, dt, ndt, cdt, ".", e->mtime);
-            return rc < 0 ? -1 : skip(s, e->size + pad);
+            return rc < 0 ? -1 : oci_src_skip(s, e->size + pad);
         }
-        return fail(s, "layer entry for the root is not a directory");
+        return oci_src_fail(s, "layer entry for the root is not a directory");
     }
     const char *base;
     int dir = parent_of(s, root, e->path, &base);
@@ -581,7 +436,7 @@ static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *
     if (strcmp(base, ".wh..wh..opq") == 0) {
         int d = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (d < 0 || fsetxattr(d, "trusted.overlay.opaque", "y", 1, 0) < 0)
-            rc = fail(s, "opaque whiteout for '%.300s': %s", rel, strerror(errno));
+            rc = oci_src_fail(s, "opaque whiteout for '%.300s': %s", rel, strerror(errno));
         if (d >= 0)
             close(d);
         goto data;
@@ -589,11 +444,11 @@ static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *
     if (strncmp(base, ".wh.", 4) == 0) {
         const char *name = base + 4;
         if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
-            rc = fail(s, "bad whiteout '%.300s'", rel);
+            rc = oci_src_fail(s, "bad whiteout '%.300s'", rel);
             goto data;
         }
         if (remove_at(s, dir, name) < 0 || mknodat(dir, name, S_IFCHR | 0000, makedev(0, 0)) < 0) {
-            rc = fail(s, "whiteout '%.300s': %s", rel, strerror(errno));
+            rc = oci_src_fail(s, "whiteout '%.300s': %s", rel, strerror(errno));
             goto data;
         }
         goto data;
@@ -613,7 +468,7 @@ static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *
         break;
     case '1': {
         if (e->link == NULL || clean(e->link) < 0 || e->link[0] == '\0') {
-            rc = fail(s, "hard link '%.300s' points out of the layer; refused", rel);
+            rc = oci_src_fail(s, "hard link '%.300s' points out of the layer; refused", rel);
             break;
         }
         const char *tbase;
@@ -624,18 +479,18 @@ static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *
         }
         struct stat ts;
         if (fstatat(tdir, tbase, &ts, AT_SYMLINK_NOFOLLOW) < 0 || S_ISDIR(ts.st_mode))
-            rc = fail(s, "hard link '%.300s': target '%.300s' is not a file of this layer", rel,
-                      e->link);
+            rc = oci_src_fail(s, "hard link '%.300s': target '%.300s' is not a file of this layer",
+                              rel, e->link);
         else if (linkat(tdir, tbase, dir, base, 0) < 0)
-            rc = fail(s, "hard link '%.300s': %s", rel, strerror(errno));
+            rc = oci_src_fail(s, "hard link '%.300s': %s", rel, strerror(errno));
         close(tdir);
         break;
     }
     case '2':
         if (e->link == NULL || e->link[0] == '\0') {
-            rc = fail(s, "symlink '%.300s' has no target", rel);
+            rc = oci_src_fail(s, "symlink '%.300s' has no target", rel);
         } else if (symlinkat(e->link, dir, base) < 0) {
-            rc = fail(s, "symlink '%.300s': %s", rel, strerror(errno));
+            rc = oci_src_fail(s, "symlink '%.300s': %s", rel, strerror(errno));
         } else {
             rc = finish_meta(s, dir, base, -1, e, 1, 0);
         }
@@ -650,14 +505,14 @@ static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *
         break;
     case '6':
         if (mknodat(dir, base, S_IFIFO | 0600, 0) < 0) {
-            rc = fail(s, "mkfifo '%.300s': %s", rel, strerror(errno));
+            rc = oci_src_fail(s, "mkfifo '%.300s': %s", rel, strerror(errno));
             break;
         }
         rc = finish_meta(s, dir, base, -1, e, 0, 0);
         break;
     case '5':
         if (!exists && mkdirat(dir, base, 0700) < 0) {
-            rc = fail(s, "mkdir '%.300s': %s", rel, strerror(errno));
+            rc = oci_src_fail(s, "mkdir '%.300s': %s", rel, strerror(errno));
             break;
         }
         rc = finish_meta(s, dir, base, -1, e, 0, 1);
@@ -665,57 +520,36 @@ static int apply(src *s, int root, entry *e, dirtime **dt, size_t *ndt, size_t *
             rc = add_dirtime(s, dt, ndt, cdt, rel, e->mtime);
         break;
     default:
-        rc = fail(s, "layer entry '%.300s' has unsupported tar type '%c'", rel, type);
+        rc = oci_src_fail(s, "layer entry '%.300s' has unsupported tar type '%c'", rel, type);
     }
 data:
     close(dir);
     if (rc < 0)
         return -1;
-    return skip(s, (has_data ? e->size : 0) + pad);
+    return oci_src_skip(s, (has_data ? e->size : 0) + pad);
 }
 
 int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
                  unsigned char diffid[32], unsigned long long *bytes, char *err, size_t errlen)
 {
-    src *s = calloc(1, sizeof(*s));
+    oci_src *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
     err[0] = '\0';
-    s->fd = fd;
     s->err = err;
     s->errlen = errlen;
-    s->max = max_bytes;
     int root = -1, rc = -1;
     dirtime *dt = NULL;
     size_t ndt = 0, cdt = 0;
     entry e = {0};
     pending pd = {0};
-    s->md = EVP_MD_CTX_new();
-    if (s->md == NULL || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
-        fail(s, "sha256 init failed");
+    if (oci_src_open(s, fd, max_bytes) < 0)
         goto out;
-    }
-    if (fill_in(s) < 0)
-        goto out;
-    if (s->in_len >= 2 && s->in[0] == 0x1f && s->in[1] == 0x8b) {
-        s->kind = GZ;
-        if (inflateInit2(&s->z, 15 + 32) != Z_OK) {
-            fail(s, "zlib init failed");
-            goto out;
-        }
-    } else if (s->in_len >= 4 && s->in[0] == 0x28 && s->in[1] == 0xb5 && s->in[2] == 0x2f &&
-               s->in[3] == 0xfd) {
-        s->kind = ZST;
-        if ((s->zs = ZSTD_createDStream()) == NULL) {
-            fail(s, "zstd init failed");
-            goto out;
-        }
-    }
     root = open(rootpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root < 0) {
-        fail(s, "open %s: %s", rootpath, strerror(errno));
+        oci_src_fail(s, "open %s: %s", rootpath, strerror(errno));
         goto out;
     }
     unsigned char h[BLK];
@@ -723,14 +557,14 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
     for (;;) {
         ssize_t k = 0;
         size_t got = 0;
-        while (got < BLK && (k = src_read(s, h + got, BLK - got)) > 0)
+        while (got < BLK && (k = oci_src_read(s, h + got, BLK - got)) > 0)
             got += (size_t)k;
         if (k < 0)
             goto out;
         if (got == 0)
             break; /* no end-of-archive blocks: accepted, as GNU tar does */
         if (got < BLK) {
-            fail(s, "layer tarball is truncated");
+            oci_src_fail(s, "layer tarball is truncated");
             goto out;
         }
         int all0 = 1;
@@ -743,14 +577,14 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
         }
         zeros = 0;
         if (!checksum_ok(h)) {
-            fail(s, "layer tarball is corrupt (bad header checksum)");
+            oci_src_fail(s, "layer tarball is corrupt (bad header checksum)");
             goto out;
         }
         unsigned long long v, size, mode, uid, gid, mt, dmaj, dmin;
         if (num((char *)h + 124, 12, &size) < 0 || num((char *)h + 100, 8, &mode) < 0 ||
             num((char *)h + 108, 8, &uid) < 0 || num((char *)h + 116, 8, &gid) < 0 ||
             num((char *)h + 136, 12, &mt) < 0) {
-            fail(s, "layer tarball is corrupt (bad number in a header)");
+            oci_src_fail(s, "layer tarball is corrupt (bad number in a header)");
             goto out;
         }
         char type = (char)h[156];
@@ -759,15 +593,15 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
         unsigned long long pad = (BLK - size % BLK) % BLK;
         if (type == 'x' || type == 'L' || type == 'K' || type == 'g') {
             if (size > (1u << 20)) {
-                fail(s, "layer tarball: extended header of %llu bytes; refused", size);
+                oci_src_fail(s, "layer tarball: extended header of %llu bytes; refused", size);
                 goto out;
             }
             char *d = malloc(size + 1);
             if (d == NULL) {
-                fail(s, "out of memory");
+                oci_src_fail(s, "out of memory");
                 goto out;
             }
-            if (size > 0 && src_full(s, (unsigned char *)d, size) < 0) {
+            if (size > 0 && oci_src_full(s, (unsigned char *)d, size) < 0) {
                 free(d);
                 goto out;
             }
@@ -779,14 +613,14 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
             } else if (type == 'L') {
                 free(pd.path);
                 pd.path = strdup(d);
-                prc = pd.path ? 0 : fail(s, "out of memory");
+                prc = pd.path ? 0 : oci_src_fail(s, "out of memory");
             } else if (type == 'K') {
                 free(pd.link);
                 pd.link = strdup(d);
-                prc = pd.link ? 0 : fail(s, "out of memory");
+                prc = pd.link ? 0 : oci_src_fail(s, "out of memory");
             }
             free(d);
-            if (prc < 0 || skip(s, pad) < 0)
+            if (prc < 0 || oci_src_skip(s, pad) < 0)
                 goto out;
             continue;
         }
@@ -811,7 +645,7 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
             char *prefix = memcmp(h + 257, "ustar", 5) == 0 ? field((char *)h + 345, 155) : NULL;
             if (name == NULL) {
                 free(prefix);
-                fail(s, "out of memory");
+                oci_src_fail(s, "out of memory");
                 goto out;
             }
             if (prefix != NULL && prefix[0] != '\0') {
@@ -831,11 +665,11 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
         }
         pd.has_uid = pd.has_gid = pd.has_mtime = pd.has_size = 0;
         if (e.path == NULL || ((e.type == '1' || e.type == '2') && e.link == NULL)) {
-            fail(s, "out of memory");
+            oci_src_fail(s, "out of memory");
             goto out;
         }
         if (strlen(e.path) >= PATH_MAX_TAR) {
-            fail(s, "layer entry path longer than %d bytes", PATH_MAX_TAR);
+            oci_src_fail(s, "layer entry path longer than %d bytes", PATH_MAX_TAR);
             goto out;
         }
         if (apply(s, root, &e, &dt, &ndt, &cdt) < 0)
@@ -845,7 +679,7 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
     /* Bytes after the end-of-archive blocks are part of the diff_id. */
     unsigned char buf[1 << 14];
     ssize_t k;
-    while ((k = src_read(s, buf, sizeof(buf))) > 0)
+    while ((k = oci_src_read(s, buf, sizeof(buf))) > 0)
         ;
     if (k < 0)
         goto out;
@@ -859,11 +693,8 @@ int sl_oci_untar(int fd, const char *rootpath, unsigned long long max_bytes,
             close(d);
         }
     }
-    unsigned len = 0;
-    if (EVP_DigestFinal_ex(s->md, diffid, &len) != 1 || len != 32) {
-        fail(s, "sha256 failed");
+    if (oci_src_digest(s, diffid) < 0)
         goto out;
-    }
     *bytes = s->total;
     rc = 0;
 out:
@@ -880,11 +711,7 @@ out:
     free(dt);
     if (root >= 0)
         close(root);
-    if (s->kind == GZ)
-        inflateEnd(&s->z);
-    if (s->zs != NULL)
-        ZSTD_freeDStream(s->zs);
-    EVP_MD_CTX_free(s->md);
+    oci_src_close(s);
     free(s);
     return rc;
 }

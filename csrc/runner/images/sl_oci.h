@@ -4,11 +4,15 @@
  *                   child per image being pulled, joined by equal requests
  *   oci_pull.c      the child: manifest, config, layers -> snapshots
  *   oci_registry.c  the distribution protocol over libcurl (auth, retries)
- *   oci_untar.c     a layer tarball (gzip, zstd or plain) into a directory,
- *                   as an overlay lower: whiteouts become 0/0 char devices
+ *   oci_ref.c       image references, alias names
+ *   oci_stream.c    a layer blob's uncompressed bytes (gzip, zstd, plain),
+ *                   counted against the size limit and hashed (diff_id)
+ *   oci_untar.c     a layer tarball into a directory, as an overlay lower:
+ *                   whiteouts become 0/0 char devices
  *
  * Store: blobs in flight at <state>/oci/blobs/<hex>.partial (kept for a
- * resumed download), each layer a snapshot sn-<chainID[:16]> whose parent is
+ * resumed download), each layer a snapshot sn-<chainID[:16]> (a directory
+ * layer, or an erofs image on request) whose parent is
  * the layer below (so layers are stored once per chain and shared between
  * images), the base of every chain the empty dir <state>/oci/scratch, and
  * the image an alias <state>/images/<name>/{snapshot,oci.json}.
