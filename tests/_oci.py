@@ -298,3 +298,71 @@ class TokenServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class FlakyProxy:
+    """An HTTP front for a registry that misbehaves on purpose: the first
+    ``fail`` GETs of a blob get 503 or 429, and the first GET of a blob
+    without a Range header is cut after ``cut`` bytes (the connection closes
+    mid-body). Also works as a forward proxy (absolute-form request lines),
+    which is how libcurl talks to ``http_proxy``. Records every request."""
+
+    def __init__(self, upstream: str, fail: int = 2, cut: int | None = None) -> None:
+        import http.server
+        import threading
+
+        self.upstream, self.fail, self.cut = upstream, fail, cut
+        self.log: list[tuple[str, str, str | None, int]] = []  # (request line target, host, range, status sent)
+        self.failed: dict[str, int] = {}
+        self.cuts: set[str] = set()
+        px = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                from urllib.parse import urlparse
+
+                target = self.path
+                path = urlparse(target).path if target.startswith("http") else target
+                rng = self.headers.get("Range")
+                if "/blobs/" in path and px.failed.get(path, 0) < px.fail:
+                    px.failed[path] = px.failed.get(path, 0) + 1
+                    code = 503 if px.failed[path] == 1 else 429
+                    px.log.append((target, self.headers.get("Host", ""), rng, code))
+                    self.send_response(code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                h = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization", "range")}
+                req = urllib.request.Request(f"http://{px.upstream}{path}", headers=h)
+                try:
+                    r = urllib.request.urlopen(req, timeout=30)
+                    code, hdrs, body = r.status, dict(r.headers), r.read()
+                except urllib.error.HTTPError as e:
+                    code, hdrs, body = e.code, dict(e.headers), e.read()
+                px.log.append((target, self.headers.get("Host", ""), rng, code))
+                self.send_response(code)
+                for k, v in hdrs.items():
+                    if k.lower() in ("content-type", "docker-content-digest", "content-range", "www-authenticate", "location"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if px.cut is not None and "/blobs/" in path and rng is None and path not in px.cuts and len(body) > px.cut:
+                    px.cuts.add(path)
+                    self.wfile.write(body[: px.cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -528,3 +528,47 @@ def test_tree_matches_what_umoci_unpacks(session, registry, bb, tmp_path):
         got.add((p, m, int(uid), int(gid), int(size) if reg else 0, int(nlink) if reg else 0, link))
     assert len(want) == 11 and any(m & 0o4000 for _, m, *_ in want)  # the whole tree, set-uid included
     assert got == want, (sorted(got - want), sorted(want - got))
+
+
+def test_retries_on_503_429_and_resumes_a_cut_blob(session, registry, bb):
+    """A registry answering 503 then 429 for every blob, and cutting the first
+    transfer of each blob mid-body: the pull retries with backoff and resumes
+    the cut blob with a Range request from where it stopped."""
+    from _oci import FlakyProxy
+
+    big = tar_layer([Entry("big", data=os.urandom(400_000))])
+    registry.push_image("flaky", "1", [bb, big], compress="none")
+    px = FlakyProxy(registry.host, fail=2, cut=100_000)
+    try:
+        ref = f"127.0.0.1:{px.port}/flaky:1"
+        with Sandbox.create(image=Image.from_registry(ref, storage="erofs"), timeout=60, session=session) as sb:
+            assert sh(sb, "wc -c < /big") == (0, "400000\n")
+        blob_gets = [e for e in px.log if "/blobs/sha256:" in e[0]]
+        assert [e[3] for e in blob_gets].count(503) >= 1 and [e[3] for e in blob_gets].count(429) >= 1
+        resumed = [e for e in blob_gets if e[2] is not None]
+        assert resumed and all(e[2].startswith("bytes=") and e[3] == 206 for e in resumed), blob_gets
+        assert any(int(e[2][6:].rstrip("-")) >= 100_000 for e in resumed)  # from where the cut left off
+    finally:
+        px.stop()
+
+
+def test_proxy_from_the_runners_environment(tmp_path, registry, bb):
+    """libcurl in the runner honours http_proxy: a registry name that does not
+    resolve is reached through the proxy, which sees the absolute URLs."""
+    from _oci import FlakyProxy
+    from conftest import start_runner, stop
+
+    registry.push_image("proxied", "1", [bb, tar_layer([Entry("p.txt", data=b"through the proxy")])])
+    px = FlakyProxy(registry.host, fail=0)
+    (tmp_path / "r").mkdir()
+    r = start_runner(tmp_path / "r", env={"http_proxy": f"http://127.0.0.1:{px.port}", "no_proxy": ""})
+    s = sandlot.Session(r.url)
+    try:
+        ref = "registry.sandlot-test.invalid:5000/proxied:1"
+        with Sandbox.create(image=Image.from_registry(ref, insecure=True), timeout=60, session=s) as sb:
+            assert sh(sb, "cat /p.txt") == (0, "through the proxy")
+        assert any(t.startswith("http://registry.sandlot-test.invalid:5000/v2/proxied/") for t, *_ in px.log), px.log
+    finally:
+        s.close()
+        stop(r)
+        px.stop()
