@@ -565,6 +565,10 @@ def test_proxy_from_the_runners_environment(tmp_path, registry, bb):
     s = sandlot.Session(r.url)
     try:
         ref = "registry.sandlot-test.invalid:5000/proxied:1"
+        # not loopback and not insecure: HTTPS only (a CONNECT this proxy refuses), never a plain GET
+        with pytest.raises(ImagePullError):
+            Image.from_registry(ref, stall_timeout=5).pull(session=s, progress=False)
+        assert px.log == []
         with Sandbox.create(image=Image.from_registry(ref, insecure=True), timeout=60, session=s) as sb:
             assert sh(sb, "cat /p.txt") == (0, "through the proxy")
         assert any(t.startswith("http://registry.sandlot-test.invalid:5000/v2/proxied/") for t, *_ in px.log), px.log
