@@ -61,9 +61,12 @@ def test_busybox_image_runs_its_own_userland(session, registry, bb):
     # the call's env and workdir win over the image's
     with Sandbox.create(image=img, timeout=60, session=session, env={"HELLO": "call"}, workdir="/tmp") as sb:
         assert sh(sb, "echo $HELLO; pwd") == (0, "call\n/tmp\n")
-    # listed as an image, with the reference and digest
+    # registered under a name: Image.named(...) starts it with its Env and WorkingDir too
     names = [im["name"] for im in session.request("GET", "/v1/images").result()["images"]]
-    assert f"127.0.0.1_{registry.port}_bb_1" in names
+    name = f"127.0.0.1_{registry.port}_bb_1"
+    assert name in names
+    with Sandbox.create(image=Image.named(name), timeout=60, session=session, env={"X": "1"}) as sb:
+        assert sh(sb, "echo $HELLO $X; pwd; readlink /bin/sh") == (0, "from-image 1\n/etc\nbusybox\n")
 
 
 def test_whiteouts_hardlinks_owners_modes_xattrs(session, registry, bb, runner):

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <dirent.h>
@@ -564,4 +565,65 @@ void sl_h_images_pulled(sl_req *r)
     sl_strv_free(names, n);
     sl_strv_free(infos, n);
     sl_reply(r, 200, &resp);
+}
+
+int sl_oci_alias_config(sl_box *b, const char *name, sl_err *e)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s/%s/oci.json", b->rt->images_dir, name) < 0)
+        return sl_err_set(e, 500, "out of memory");
+    size_t len = 0;
+    char *txt = read_small(p, SL_OCI_META_MAX, &len);
+    free(p);
+    if (txt == NULL)
+        return 0; /* not a pulled image */
+    json_error_t je;
+    json_t *j = json_loadb(txt, len, 0, &je);
+    free(txt);
+    json_t *conf = json_object_get(j, "config");
+    const char *wd = json_string_value(json_object_get(conf, "WorkingDir"));
+    int rc = 0;
+    if (b->workdir == NULL && wd != NULL && wd[0] == '/' && (b->workdir = strdup(wd)) == NULL)
+        rc = sl_err_set(e, 500, "out of memory");
+    json_t *env = json_object_get(conf, "Env"), *v;
+    size_t i, n = json_array_size(env);
+    sl_kv *kv = rc == 0 && n > 0 ? calloc(n + b->nenv, sizeof(*kv)) : NULL;
+    if (rc == 0 && n > 0 && kv == NULL)
+        rc = sl_err_set(e, 500, "out of memory");
+    if (kv != NULL) {
+        /* the image's Env, then the request's on top (as sl_snap_apply does) */
+        size_t k = 0;
+        json_array_foreach(env, i, v)
+        {
+            const char *s = json_string_value(v), *eq = s ? strchr(s, '=') : NULL;
+            if (eq == NULL || eq == s)
+                continue;
+            int overridden = 0;
+            for (size_t r = 0; r < b->nenv && !overridden; r++)
+                overridden =
+                    strncmp(b->env[r].k, s, (size_t)(eq - s)) == 0 && b->env[r].k[eq - s] == '\0';
+            if (overridden)
+                continue;
+            kv[k].k = strndup(s, (size_t)(eq - s));
+            kv[k].v = strdup(eq + 1);
+            if (kv[k].k == NULL || kv[k].v == NULL) {
+                free(kv[k].k);
+                free(kv[k].v);
+                rc = sl_err_set(e, 500, "out of memory");
+                break;
+            }
+            k++;
+        }
+        if (rc == 0) {
+            for (size_t r = 0; r < b->nenv; r++)
+                kv[k++] = b->env[r];
+            free(b->env);
+            b->env = kv;
+            b->nenv = k;
+        } else {
+            sl_kv_free(kv, k, 0);
+        }
+    }
+    json_decref(j);
+    return rc;
 }

@@ -72,6 +72,9 @@ int sl_oci_untar(int fd, const char *root, unsigned long long max_bytes, unsigne
 void sl_h_image_pull(sl_req *r);     /* POST /v1/images/pull */
 void sl_h_image_pull_get(sl_req *r); /* GET /v1/images/pulls/{id} */
 void sl_h_images_pulled(sl_req *r);  /* GET /v1/images/pulled: oci.json of each, layer sizes */
+/* Create with image = a pulled image's name: its config's Env (under the
+ * request's) and WorkingDir (unless given) apply, as with from_registry. */
+int sl_oci_alias_config(sl_box *b, const char *name, sl_err *e);
 void sl_oci_shutdown(sl_runner *rt);
 
 #endif
