@@ -160,6 +160,10 @@ def add_commands(
         """Delete pulled layers that no pulled image, snapshot or sandbox uses."""
         s = session()
         pulled = s.request("GET", "/v1/images/pulled").result()
+        if pulled.get("pulls_running"):
+            # a running pull's layers are not named by an image yet
+            err(f"{pulled['pulls_running']} pull(s) running; prune again when they end")
+            return 1
         used = {sid for p in pulled["images"] for sid in _chain(s, json.loads(p["info"])["snapshot_id"])}
         todo = [l["snapshot_id"] for l in pulled["layers"] if l["snapshot_id"] not in used]
         freed, removed, progress = 0, 0, True

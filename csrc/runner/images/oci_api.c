@@ -510,9 +510,14 @@ void sl_h_images_pulled(sl_req *r)
         sl_reply_error(r, 500, "out of memory");
         return;
     }
+    int running = 0;
+    for (sl_pull *q = pulls; q != NULL; q = q->next)
+        running += q->state == P_RUNNING;
     sl_resp resp;
     sl_resp_init(&resp);
-    sl_r_map(&resp, 2);
+    sl_r_map(&resp, 3);
+    /* prune waits for these: their layers are stored before the image names them */
+    sl_r_kint(&resp, "pulls_running", running);
     sl_r_str(&resp, "images");
     sl_r_arr(&resp, n);
     for (size_t i = 0; i < n; i++) {
