@@ -579,3 +579,24 @@ def test_proxy_from_the_runners_environment(tmp_path, registry, bb):
         s.close()
         stop(r)
         px.stop()
+
+
+def test_runner_wide_pull_limit(tmp_path, registry, bb):
+    """--pull-max-bytes: the operator's ceiling; a request may lower it, not raise it."""
+    from conftest import start_runner, stop
+
+    registry.push_image("limited", "1", [bb])  # busybox: ~2 MB unpacked
+    (tmp_path / "r").mkdir()
+    r = start_runner(tmp_path / "r", extra=["--pull-max-bytes", "500000"])
+    s = sandlot.Session(r.url)
+    try:
+        ref = f"{registry.host}/limited:1"
+        with pytest.raises(ImagePullError) as ei:
+            Image.from_registry(ref).pull(session=s, progress=False)
+        assert ei.value.status == 422 and "limit of 500000" in str(ei.value)
+        with pytest.raises(sandlot.InvalidArgumentError, match="--pull-max-bytes"):
+            Image.from_registry(ref, max_bytes=10**9).pull(session=s, progress=False)
+        assert list((Path(r.state_dir) / "snapshots").glob("sn-*")) == []
+    finally:
+        s.close()
+        stop(r)

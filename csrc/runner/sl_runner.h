@@ -274,7 +274,8 @@ typedef struct sl_runner {
     int shutting_down;
     size_t max_sandboxes;
     int snap_storage; /* SL_SNAP_STORAGE_*: how snapshot layers are stored (snapshot.c) */
-    double retention; /* seconds an ended sandbox stays listed */
+    unsigned long long pull_max_bytes; /* --pull-max-bytes: unpacked bytes per pulled image */
+    double retention;                  /* seconds an ended sandbox stays listed */
     sl_box *buckets[SL_HASH_BUCKETS];
     sl_box *first, *last;
     size_t nvisible; /* listed sandboxes */

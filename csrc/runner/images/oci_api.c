@@ -255,8 +255,8 @@ void sl_h_image_pull(sl_req *r)
         sl_msg_str(r->body, "platform", 0, &platform, &e) < 0 ||
         sl_msg_str(r->body, "storage", 0, &storage, &e) < 0 ||
         sl_msg_bool(r->body, "insecure", 0, &insecure, &e) < 0 ||
-        sl_msg_num(r->body, "max_bytes", (double)SL_OCI_MAX_BYTES_DEFAULT,
-                   (double)SL_OCI_MAX_BYTES_DEFAULT, &max_bytes, &e) < 0 ||
+        sl_msg_num(r->body, "max_bytes", (double)rt->pull_max_bytes, (double)rt->pull_max_bytes,
+                   &max_bytes, &e) < 0 ||
         sl_msg_num(r->body, "stall_timeout", SL_OCI_STALL_DEFAULT, SL_OCI_STALL_DEFAULT, &stall,
                    &e) < 0) {
         sl_reply_err(r, &e);
@@ -275,6 +275,13 @@ void sl_h_image_pull(sl_req *r)
     }
     if (max_bytes < 1 || stall <= 0 || stall > 3600) {
         sl_reply_error(r, 400, "max_bytes must be >= 1 and stall_timeout in (0, 3600]");
+        goto out;
+    }
+    if (max_bytes > (double)rt->pull_max_bytes) {
+        /* the operator's limit (--pull-max-bytes) is a ceiling, not a default */
+        sl_reply_error(r, 400,
+                       "max_bytes %.0f is over this runner's limit of %llu (--pull-max-bytes)",
+                       max_bytes, rt->pull_max_bytes);
         goto out;
     }
     /* Layers are directories unless asked: unpacking straight into the
