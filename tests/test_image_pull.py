@@ -600,3 +600,11 @@ def test_runner_wide_pull_limit(tmp_path, registry, bb):
     finally:
         s.close()
         stop(r)
+
+
+def test_registry_image_with_steps_registers(session, registry, bb):
+    registry.push_image("stepbase", "1", [bb], config={"Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/root"})
+    img = Image.from_registry(f"{registry.host}/stepbase:1").run_commands("echo built > /built").env({"STEP": "1"})
+    named = img.register(f"stepped-{registry.port}", session=session, output=lambda s: None)
+    with Sandbox.create(image=named, timeout=60, session=session) as sb:
+        assert sh(sb, "cat /built; echo $FROM_IMAGE $STEP; pwd") == (0, "built\nyes 1\n/root\n")
