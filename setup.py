@@ -41,7 +41,9 @@ INIT_SOURCES = rel("csrc/sandbox/init.c") + rel("csrc/sandbox/sl_ctl.c")
 # csrc/runner/ is grouped by concern (api/, sandboxes/, functions/, ...); each
 # folder's headers are included by bare name.
 RUNNER_INCLUDES = ["csrc/runner"] + sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc/runner/*/")))
-RUNNER_LIBS = ["event_core", "event_extra", "msgpackc", "seccomp", "nftables", "m"]
+RUNNER_LIBS = ["event_core", "event_extra", "msgpackc", "seccomp", "nftables", "m",
+               # issue 10: image pulls (images/): libcurl, JSON, sha256, gzip, zstd
+               "curl", "jansson", "crypto", "z", "zstd"]
 
 
 class BuildWithBinaries(build_ext):

@@ -148,6 +148,38 @@ int sl_job_rm(sl_runner *rt, const char *path)
     return 0;
 }
 
+pid_t sl_job_fork(sl_runner *rt, int keep_fd, int (*fn)(void *), void *fn_arg, sl_job_done_fn done,
+                  void *arg)
+{
+    sl_job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return -1;
+    j->err_fd = -1;
+    j->done = done;
+    j->arg = arg;
+    pid_t pid = fork();
+    if (pid < 0) {
+        free(j);
+        return -1;
+    }
+    if (pid == 0) {
+        /* As in sl_job_rm: the runner is single-threaded, so its heap is
+         * consistent here; its sockets are dropped so that no client or
+         * sandbox channel is held open by this child. keep_fd becomes 3. */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGPIPE, SIG_IGN);
+        signal(SIGCHLD, SIG_DFL);
+        if (keep_fd >= 0 && keep_fd != 3 && dup2(keep_fd, 3) < 0)
+            _exit(125);
+        close_range(keep_fd >= 0 ? 4 : 3, ~0U, 0);
+        _exit(fn(fn_arg));
+    }
+    j->pid = pid;
+    add_job(rt, j);
+    return pid;
+}
+
 static void finish(sl_runner *rt, sl_job *j, int status)
 {
     if (j->err_fd >= 0) {

@@ -3,7 +3,7 @@
  *   sandlotd --socket PATH --state-dir DIR [--init PATH] [--listen HOST:PORT]
  *            [--token-file FILE] [--log-file FILE] [--log-level LEVEL]
  *            [--pidfile FILE] [--max-sandboxes N] [--retention SECONDS] [--daemon]
- *            [--net-pool CIDR]
+ *            [--net-pool CIDR] [--pull-max-bytes N]
  *   sandlotd --version
  */
 #include <errno.h>
@@ -21,6 +21,7 @@
 
 #include "sl_common.h"
 #include "sl_log.h"
+#include "sl_oci.h"
 #include "sl_runner.h"
 #include "sl_userns.h"
 
@@ -39,6 +40,7 @@ typedef struct opts {
     size_t max_sandboxes;
     double retention;
     int snap_storage;
+    unsigned long long pull_max_bytes;
     int daemon;
 } opts;
 
@@ -52,6 +54,8 @@ static void usage(FILE *f)
             "                [--snapshot-storage auto|erofs|dir]\n"
             "                [--net-pool CIDR]   (sandbox addresses, default " SL_NET_POOL_DEFAULT
             ")\n"
+            "                [--pull-max-bytes N]   (unpacked bytes per pulled image, default "
+            "64 GiB)\n"
             "       sandlotd --version\n");
 }
 
@@ -103,6 +107,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"snapshot-storage", required_argument, NULL, 'S'},
         {"daemon", no_argument, NULL, 'D'},
         {"net-pool", required_argument, NULL, 'n'},
+        {"pull-max-bytes", required_argument, NULL, 'B'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -179,6 +184,16 @@ static int parse_args(int argc, char **argv, opts *o)
         case 'n':
             o->net_pool = optarg;
             break;
+        case 'B': {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*end != '\0' || v == 0 || optarg[0] == '-') {
+                fprintf(stderr, "sandlotd: --pull-max-bytes must be a positive byte count\n");
+                return -1;
+            }
+            o->pull_max_bytes = v;
+            break;
+        }
         case 'V':
             printf("sandlotd %s\n", SL_VERSION);
             exit(0);
@@ -368,6 +383,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     sl_lifecycle_shutdown(rt);
     sl_net_shutdown(rt); /* after every sandbox's elements are gone */
     sl_jobs_shutdown(rt);
+    sl_oci_shutdown(rt); /* after the jobs: no pull child is left */
     sl_store_shutdown(rt);
     /* Give the answers to held requests a moment to reach their clients. */
     struct timeval tv = {0, 200000};
@@ -418,6 +434,7 @@ int main(int argc, char **argv)
     rt->userns = geteuid() != 0;
     rt->retention = o.retention;
     rt->snap_storage = o.snap_storage;
+    rt->pull_max_bytes = o.pull_max_bytes ? o.pull_max_bytes : SL_OCI_MAX_BYTES_DEFAULT;
     int rc = sl_log_open(o.log_file, o.level);
     if (rc < 0) {
         fprintf(stderr, "sandlotd: cannot open log file %s: %s\n", o.log_file, strerror(-rc));

@@ -274,7 +274,8 @@ typedef struct sl_runner {
     int shutting_down;
     size_t max_sandboxes;
     int snap_storage; /* SL_SNAP_STORAGE_*: how snapshot layers are stored (snapshot.c) */
-    double retention; /* seconds an ended sandbox stays listed */
+    unsigned long long pull_max_bytes; /* --pull-max-bytes: unpacked bytes per pulled image */
+    double retention;                  /* seconds an ended sandbox stays listed */
     sl_box *buckets[SL_HASH_BUCKETS];
     sl_box *first, *last;
     size_t nvisible; /* listed sandboxes */
@@ -409,6 +410,11 @@ int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg
 void sl_job_watch_err(sl_runner *rt, sl_job *j);
 /* Remove path (sl_rm_rf) in a child so a large tree never stalls the loop. */
 int sl_job_rm(sl_runner *rt, const char *path);
+/* Fork a child that runs fn(fn_arg) (its return value is the exit status)
+ * with only keep_fd (as fd 3, -1: none) beyond stdio; done() when it exits.
+ * The child's pid, or -1. */
+pid_t sl_job_fork(sl_runner *rt, int keep_fd, int (*fn)(void *), void *fn_arg, sl_job_done_fn done,
+                  void *arg);
 int sl_jobs_reaped(sl_runner *rt, pid_t pid, int status); /* 1 if pid was a job */
 void sl_jobs_shutdown(sl_runner *rt);                     /* wait for every job */
 

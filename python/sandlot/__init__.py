@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from .errors import (
     AuthenticationError,
+    ImagePullError,
     InvalidArgumentError,
     NotFoundError,
     RequestTimeoutError,
@@ -92,6 +93,7 @@ __all__ = [
     "SpawnError",
     "RunnerUnavailableError",
     "AuthenticationError",
+    "ImagePullError",
     "RequestTimeoutError",
     "RemoteFunction",
     "Serialization",

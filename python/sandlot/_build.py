@@ -52,6 +52,11 @@ class Built:
     snapshot_id: str | None  # top layer, None when there are no layer steps
     env: dict[str, str]
     workdir: str | None
+    #: a registry image's (or Dockerfile's) USER, ENTRYPOINT and CMD: recorded,
+    #: not applied (sandboxes run as root and idle without a cmd)
+    user: str | None = None
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
 
 
 def _digest_path(path: str) -> str:
@@ -135,14 +140,26 @@ def build(image: Image, session: Session, output: Callable[[str], Any] | None = 
         write(f"[sandlot image] {msg}\n")
 
     spec = image.spec
-    if spec.startswith("tar:"):
-        base = _tar_base(spec[4:], session, say)
-    else:
-        base = spec
-    key = hashlib.sha256(json.dumps(["base", base]).encode()).hexdigest()
     env: dict[str, str] = {}
     workdir: str | None = None
     top: str | None = None
+    user: str | None = None
+    entrypoint: tuple[str, ...] = ()
+    img_cmd: tuple[str, ...] = ()
+    if spec.startswith("tar:"):
+        base = _tar_base(spec[4:], session, say)
+    elif spec.startswith("oci:"):
+        from ._pull import PullOptions, resolve
+
+        res = resolve(spec[4:], image._pull or PullOptions(), session, out=_Out(write) if output is not None else None, say=say)
+        base = "oci:" + res.digest  # the cache key: a moved tag rebuilds the steps
+        top = res.snapshot_id
+        env = dict(res.env)
+        workdir = res.workdir
+        user, entrypoint, img_cmd = res.user, tuple(res.entrypoint), tuple(res.cmd)
+    else:
+        base = spec
+    key = hashlib.sha256(json.dumps(["base", base]).encode()).hexdigest()
     labels = {
         s["label"]: s["snapshot_id"]
         for s in session.request("GET", "/v1/snapshots").result()["snapshots"]
@@ -162,6 +179,15 @@ def build(image: Image, session: Session, output: Callable[[str], Any] | None = 
         key = hashlib.sha256(json.dumps([key, ident]).encode()).hexdigest()
         if kind == "env":
             env.update(dict(step[1]))
+            continue
+        if kind == "user":
+            user = step[1]
+            continue
+        if kind == "entrypoint":
+            entrypoint, img_cmd = tuple(step[1]), ()  # docker: ENTRYPOINT resets CMD
+            continue
+        if kind == "cmd":
+            img_cmd = tuple(step[1])
             continue
         desc = f"step {i}/{len(steps)}: {kind} {' && '.join(_step_script(step)) if kind == 'run' else step[1:]}"
         label = "build-" + key[:40]
@@ -203,9 +229,24 @@ def build(image: Image, session: Session, output: Callable[[str], Any] | None = 
             sb.terminate()
         if kind == "workdir":
             workdir = step[1]
-    if top is not None:
+    if top is not None and image._steps:
         say(f"done: layer {top}")
-    return Built(base=base, snapshot_id=top, env=env, workdir=workdir)
+    if user not in (None, "", "root", "0", "0:0", "root:root"):
+        say(f"note: USER {user} is recorded but not applied (sandboxes run as root)")
+    return Built(base=base, snapshot_id=top, env=env, workdir=workdir, user=user, entrypoint=entrypoint, cmd=img_cmd)
+
+
+class _Out:
+    """A text stream over a write callable (progress lines into ``output``)."""
+
+    def __init__(self, write: Callable[[str], Any]) -> None:
+        self.write = write
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 def _image_of(spec: str) -> Image:

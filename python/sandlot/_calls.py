@@ -256,12 +256,17 @@ def wait(refs: Iterable[Any], num_returns: int | None = None, timeout: float | N
     return done, pending
 
 
-def as_completed(refs: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
+def as_completed(refs: Iterable[Any], timeout: float | None = None, progress: bool = False) -> Iterator[Any]:
     """Yield refs as they finish (first finished first). Raises ``TimeoutError``
-    if ``timeout`` seconds pass before all are done."""
+    if ``timeout`` seconds pass before all are done. ``progress=True`` draws
+    done/total, rate, ETA and failures on stderr as they arrive."""
     import queue
 
     refs = list(refs)
+    if progress:
+        from ._progress import watch
+
+        watch(refs)
     q: queue.SimpleQueue[Any] = queue.SimpleQueue()
     for r in refs:
         r.add_done_callback(q.put)

@@ -10,6 +10,7 @@ Usage::
     sandlot logs [-f] ID          # the entry command's stdout+stderr (-f: follow)
     sandlot kill ID...            # terminate sandboxes
     sandlot snapshot ls|rm ID...  # list / delete snapshots (also: image, volume)
+    sandlot image pull REF | du | prune   # registry images: pull, disk usage, drop unused layers
 
 ``python -m sandlot`` does the same. The runner is found like the library finds
 it: ``SANDLOT_URL`` / ``SANDLOT_TOKEN``, else the embedded default.

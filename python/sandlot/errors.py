@@ -32,6 +32,7 @@ __all__ = [
     "RunnerUnavailableError",
     "AuthenticationError",
     "RequestTimeoutError",
+    "ImagePullError",
     "error_from_response",
 ]
 
@@ -120,6 +121,25 @@ class RequestTimeoutError(SandboxError, TimeoutError):
     """A single request to the runner did not complete within its time limit."""
 
     default_code = "timeout"
+
+
+class ImagePullError(SandboxError):
+    """Pulling an image from a registry failed; nothing half-written was kept.
+
+    ``status`` says what kind of failure: 404 (no such repository, tag or
+    digest; no manifest for the platform), 401 (the registry refused the
+    credentials or wants some), 422 (refused content: a wrong digest, a
+    corrupt or truncated blob, an unsafe layer such as a ``../`` path or a
+    write through a symlink, a layer over ``max_bytes``), 502 (the registry
+    failed), 504 (the registry sent nothing for ``stall_timeout`` seconds).
+
+    Example:
+        >>> e = ImagePullError("busybox:nope: not found", code="not_found", status=404)
+        >>> isinstance(e, SandboxError), e.status
+        (True, 404)
+    """
+
+    default_code = "pull_failed"
 
 
 _BY_CODE: dict[str, type[SandboxError]] = {

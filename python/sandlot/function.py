@@ -630,7 +630,7 @@ class RemoteFunction(Generic[P, R]):
         return self._outcome(resp["call"])
 
     def map(self, items: Iterable[tuple[Any, ...]], *, kwargs: Iterable[dict[str, Any]] | None = None,
-            chunksize: int | None = None) -> list[_core.OperationRef[R]]:
+            chunksize: int | None = None, progress: bool = False) -> list[_core.OperationRef[R]]:
         """Launch one call per tuple of positional arguments; refs in order.
 
         ``kwargs`` (optional, same length) adds keyword arguments per call.
@@ -650,11 +650,21 @@ class RemoteFunction(Generic[P, R]):
         result is dropped) unless every ref of the chunk is cancelled, which
         cancels the chunk's call.
 
+        ``progress=True`` draws done/total, rate, ETA and failures on stderr
+        as results arrive (a bar redrawn on a terminal, a line every 5 s
+        otherwise); map still returns at once.
+
         Example:
             >>> refs = add.map([(1, 2), (3, 4), (5, 6)])   # doctest: +SKIP
             >>> [r.result() for r in refs]                 # doctest: +SKIP
             [3, 7, 11]
         """
+        if progress:
+            from ._progress import watch
+
+            refs = self.map(items, kwargs=kwargs, chunksize=chunksize)
+            watch(refs)
+            return refs
         items = items if type(items) is list else list(items)
         kws = list(kwargs) if kwargs is not None else None
         if kws is not None and len(kws) != len(items):

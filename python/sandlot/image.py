@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._build import Built
+    from ._pull import PullOptions
+    from .secret import Secret
     from .session import Session
 
 __all__ = ["Image"]
@@ -42,6 +44,8 @@ class Image:
     #: build steps on top of ``spec`` (run_commands, copies, env, workdir);
     #: an image with steps is built on first use (sandlot._build)
     _steps: tuple[tuple[Any, ...], ...] = field(default=(), repr=False)
+    #: how to pull an ``oci:`` spec (credentials, platform, limits)
+    _pull: PullOptions | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec:
@@ -84,6 +88,93 @@ class Image:
                 "starting with a letter or digit (and not 'host')"
             )
         return cls(name)
+
+    @classmethod
+    def from_registry(
+        cls,
+        ref: str,
+        *,
+        secret: Secret | None = None,
+        platform: str | None = None,
+        insecure: bool = False,
+        max_bytes: int | None = None,
+        stall_timeout: float | None = None,
+        storage: str | None = None,
+    ) -> Image:
+        """An image from an OCI/Docker registry, pulled by the runner on first use.
+
+        ``ref`` is what docker takes: ``python:3.12-slim``,
+        ``registry.example.com:5000/team/app:1.2``, ``name@sha256:...`` (no
+        tag means ``latest``). Layers are stored once per content (shared with
+        other images) as read-only snapshot layers, so later sandboxes start
+        as fast as from the host image. The image's ``Env`` and
+        ``WorkingDir`` apply to sandboxes unless ``env``/``workdir`` override
+        them; its ``Entrypoint``/``Cmd`` are kept (``sandlot image pull``
+        shows them) but a sandbox without ``cmd`` idles as always.
+
+        Args:
+            secret: credentials as ``REGISTRY_USERNAME`` / ``REGISTRY_PASSWORD``
+                (default: ``~/.docker/config.json``, else anonymous).
+            platform: ``"linux/arm64"`` etc. when the ref is a multi-platform
+                index (default: the runner host's).
+            insecure: plain HTTP to a non-loopback registry (loopback
+                registries always use HTTP).
+            max_bytes: refuse an image whose layers unpack to more (default 64 GiB).
+            stall_timeout: seconds without a byte before the registry counts
+                as hanging (default 60).
+            storage: how new layers are stored: ``"dir"`` (default: unpacked
+                straight into the layer directory) or ``"erofs"`` (one image
+                file per layer, like snapshot captures; slower to pull, fewer
+                inodes on the host). Layers already stored are reused either way.
+
+        Raises (at build / first use): ImagePullError.
+
+        Example:
+            >>> Image.from_registry("127.0.0.1:5000/busybox:1")
+            Image('oci:127.0.0.1:5000/busybox:1')
+        """
+        from ._pull import PullOptions
+
+        if not isinstance(ref, str) or not ref or len(ref) > 512 or any(c.isspace() for c in ref):
+            raise ValueError(f"Image.from_registry() needs a reference like 'busybox:1.36', got {ref!r}")
+        if platform is not None and (not isinstance(platform, str) or not platform.startswith("linux/")):
+            raise ValueError(f"platform must look like 'linux/amd64', got {platform!r}")
+        if storage not in (None, "dir", "erofs"):
+            raise ValueError(f"storage must be 'dir' or 'erofs', got {storage!r}")
+        opts = PullOptions(
+            secret=secret, platform=platform, insecure=insecure, max_bytes=max_bytes, stall_timeout=stall_timeout, storage=storage
+        )
+        return cls("oci:" + ref, _pull=opts)
+
+    @classmethod
+    def from_dockerfile(
+        cls,
+        path: str | os.PathLike[str],
+        context: str | os.PathLike[str] | None = None,
+        *,
+        build_args: Mapping[str, str] | None = None,
+        secret: Secret | None = None,
+    ) -> Image:
+        """An image described by a Dockerfile, built step by step (each step a
+        cached layer, like :meth:`run_commands`).
+
+        Supported: FROM (one stage, a registry image), RUN, COPY and ADD of
+        local files and directories (relative to ``context``, default the
+        Dockerfile's directory), ENV, WORKDIR, USER, ENTRYPOINT, CMD, ARG
+        (``build_args`` override defaults), and LABEL/EXPOSE as no-ops. Any
+        other instruction raises ``ValueError`` naming it and its line.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> d = pathlib.Path(tempfile.mkdtemp())
+            >>> lines = ["FROM busybox:1", "ENV A=1", "RUN echo hi > /x"]
+            >>> _ = (d / "Dockerfile").write_text(chr(10).join(lines))
+            >>> Image.from_dockerfile(d / "Dockerfile")
+            Image('oci:busybox:1', 2 steps)
+        """
+        from ._dockerfile import parse
+
+        return parse(cls, os.fspath(path), None if context is None else os.fspath(context), dict(build_args or {}), secret)
 
     def __repr__(self) -> str:
         if self._steps:
@@ -140,7 +231,7 @@ class Image:
         return self._add(("workdir", path))
 
     def _needs_build(self) -> bool:
-        return bool(self._steps) or self.spec.startswith("tar:")
+        return bool(self._steps) or self.spec.startswith(("tar:", "oci:"))
 
     def build(self, *, session: Session | None = None, output: Callable[[str], Any] | None = None) -> Built:
         """Build now (``Sandbox.create`` does it on first use); cached steps are
@@ -149,6 +240,22 @@ class Image:
         from .session import _resolve
 
         return build(self, _resolve(session), output)
+
+    def pull(self, *, session: Session | None = None, progress: bool | Callable[[list[dict[str, Any]]], Any] = True) -> Any:
+        """Pull a :meth:`from_registry` image now (asking the registry again
+        even if this process pulled it before); returns a ``PullResult``
+        (``digest``, ``snapshot_id``, ``env``, ``workdir``, ``user``,
+        ``entrypoint``, ``cmd``). ``progress``: draw per-layer progress on
+        stderr (default), ``False``, or a callable given the layer list.
+
+        Raises ImagePullError (``.status``: 404, 401, 422, 502, 504).
+        """
+        from ._pull import PullOptions, pull
+        from .session import _resolve
+
+        if not self.spec.startswith("oci:"):
+            raise ValueError("pull() is for Image.from_registry() images")
+        return pull(self.spec[4:], self._pull or PullOptions(), _resolve(session), progress=progress)
 
     def register(
         self, name: str, *, session: Session | None = None, output: Callable[[str], Any] | None = None

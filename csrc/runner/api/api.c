@@ -7,6 +7,7 @@
 #include "sl_common.h"
 #include "sl_fn.h"
 #include "sl_runner.h"
+#include "sl_oci.h"
 #include "sl_snap.h"
 
 static void h_health(sl_req *r);
@@ -36,6 +37,9 @@ static const route routes[] = {
     {EVHTTP_REQ_GET, "/v1/sandboxes/*/tunnels", sl_h_tunnels},
     {EVHTTP_REQ_GET, "/v1/images", sl_h_images},
     {EVHTTP_REQ_POST, "/v1/images", sl_h_image_add},
+    {EVHTTP_REQ_POST, "/v1/images/pull", sl_h_image_pull},
+    {EVHTTP_REQ_GET, "/v1/images/pulls/*", sl_h_image_pull_get},
+    {EVHTTP_REQ_GET, "/v1/images/pulled", sl_h_images_pulled},
     {EVHTTP_REQ_POST, "/v1/images/*/delete", sl_h_image_delete},
     {EVHTTP_REQ_GET, "/v1/volumes", sl_h_volumes},
     {EVHTTP_REQ_POST, "/v1/volumes", sl_h_volume_add},

@@ -235,11 +235,6 @@ int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
     if (sl_msg_str(body, "image", 0, &b->image, e) < 0 ||
         sl_msg_str(body, "snapshot", 0, &b->snapshot, e) < 0)
         return -1;
-    if (b->image != NULL && sl_snap_alias(b, e) < 0)
-        return -1;
-    /* With a snapshot, sl_snap_apply takes the image from it. */
-    if (b->image == NULL && b->snapshot == NULL && (b->image = strdup("host")) == NULL)
-        return sl_err_set(e, 500, "strdup: out of memory");
     if (sl_msg_kvmap(body, "env", &b->env, &b->nenv, e) < 0 ||
         check_env(b->env, b->nenv, "env", e) < 0)
         return -1;
@@ -272,6 +267,12 @@ int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
                               "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
                               b->volumes[i].v);
     }
+    /* After env and workdir: a pulled image's config goes under them. */
+    if (b->image != NULL && sl_snap_alias(b, e) < 0)
+        return -1;
+    /* With a snapshot, sl_snap_apply takes the image from it. */
+    if (b->image == NULL && b->snapshot == NULL && (b->image = strdup("host")) == NULL)
+        return sl_err_set(e, 500, "strdup: out of memory");
     if (b->snapshot != NULL && sl_snap_apply(b, e) < 0)
         return -1;
     return 0;

@@ -39,6 +39,7 @@
 #include "sl_freeze.h"
 #include "sl_log.h"
 #include "sl_snap.h"
+#include "sl_oci.h"
 #include "snap_int.h"
 
 #define META_MAX ((size_t)1 << 20)
@@ -627,9 +628,11 @@ int sl_snap_alias(sl_box *b, sl_err *e)
                           b->image);
     }
     b->snapshot = id;
+    /* a pulled image: its Env and WorkingDir (images/oci_api.c) */
+    int rc = sl_oci_alias_config(b, b->image, e);
     free(b->image);
     b->image = NULL;
-    return 0;
+    return rc;
 }
 
 void sl_h_snapshot_register(sl_req *r)
