@@ -1098,9 +1098,13 @@ def test_many_no_leaks(rt, ctx):
 
     def one(i):
         try:
-            info = rt.create(cmd=["sh", "-c", f"echo {i}; sleep 1"], timeout=30)
+            # The entry waits for /tmp/go, not for a fixed time: on a loaded
+            # machine a `sleep 1` entry could end before the exec arrives.
+            info = rt.create(cmd=["sh", "-c", f"echo {i}; while [ ! -e /tmp/go ]; do sleep 0.05; done"],
+                             timeout=30)
             sid = info["sandbox_id"]
             n = rt.exec(sid, ["cat"]) if i % 2 else None
+            rt.exec(sid, ["touch", "/tmp/go"])
             st, w = rt.sb(sid, "wait", {"timeout": 20})
             check(w["done"] and w["exit_code"] == 0, "parallel sandbox", w)
             check(rt.output(sid, 0) == f"{i}\n".encode(), "parallel output")
