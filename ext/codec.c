@@ -1,6 +1,9 @@
 /* codec.c - Python objects <-> msgpack for sandlot._core (packb / unpackb).
  *
- * Packing uses msgpack-c's packer into an sbuffer. Unpacking first runs
+ * Packing writes straight into one growing buffer (the storage of the bytes
+ * object packb() returns, or a malloc'd request body), exact types first,
+ * with the smallest encoding of each value as msgpack-c and msgpack-python
+ * choose it. Unpacking first runs
  * sl_mp_check() over the untrusted bytes and then decodes them directly into
  * Python objects. It does not go through msgpack_unpack_next(): msgpack-c's C
  * unpacker has a fixed 32-container stack (MSGPACK_EMBED_STACK_SIZE, baked
@@ -15,6 +18,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -34,10 +38,148 @@ struct step {
 };
 
 struct packer {
-    msgpack_packer pk;
+    sl_pbuf *out;
     unsigned depth; /* containers currently open */
     struct step path[SL_MAX_DEPTH];
 };
+
+/* ---- the output buffer: every write reserves first, then stores bytes
+ * straight into it (no per-item callback, no per-item memcpy call for the
+ * headers). In bytes mode the buffer is the storage of a bytes object,
+ * resized in place at the end, so packb() copies nothing. */
+
+static int pb_grow(sl_pbuf *b, size_t n)
+{
+    if (n > SIZE_MAX / 2 - b->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t want = b->len + n;
+    size_t cap = b->cap < 256 ? 256 : b->cap;
+    while (cap < want)
+        cap *= 2;
+    if (b->bytes != NULL) {
+        if (cap > PY_SSIZE_T_MAX - 1 || _PyBytes_Resize(&b->bytes, (Py_ssize_t)cap) < 0)
+            return -1; /* _PyBytes_Resize freed it and set MemoryError */
+        b->data = PyBytes_AS_STRING(b->bytes);
+    } else {
+        char *p = realloc(b->data, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->data = p;
+    }
+    b->cap = cap;
+    return 0;
+}
+
+static inline int pb_reserve(sl_pbuf *b, size_t n)
+{
+    return b->cap - b->len >= n ? 0 : pb_grow(b, n);
+}
+
+static inline void put1(sl_pbuf *b, unsigned char c)
+{
+    b->data[b->len++] = (char)c;
+}
+
+static inline void put_be(sl_pbuf *b, uint64_t v, unsigned n)
+{
+    unsigned char *p = (unsigned char *)b->data + b->len;
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (unsigned char)(v >> (8 * (n - 1 - i)));
+    b->len += n;
+}
+
+/* A header: one type byte and a big-endian field of n bytes (n <= 8).
+ * Reserves 9 bytes: enough for any header. */
+static inline int put_hdr(sl_pbuf *b, unsigned char type, uint64_t v, unsigned n)
+{
+    if (pb_reserve(b, 9) < 0)
+        return -1;
+    put1(b, type);
+    put_be(b, v, n);
+    return 0;
+}
+
+/* bin8/16/32, fixarray/array16/32, fixmap/map16/32 (fixstr/str8/16/32 in
+ * pack_str): the smallest form, as msgpack-c and msgpack-python write them. */
+static int put_bin_hdr(sl_pbuf *b, size_t n)
+{
+    if (n < 256)
+        return put_hdr(b, 0xc4, n, 1);
+    return n < 65536 ? put_hdr(b, 0xc5, n, 2) : put_hdr(b, 0xc6, n, 4);
+}
+
+static int put_array_hdr(sl_pbuf *b, size_t n)
+{
+    if (n < 16)
+        return put_hdr(b, (unsigned char)(0x90 | n), 0, 0);
+    return n < 65536 ? put_hdr(b, 0xdc, n, 2) : put_hdr(b, 0xdd, n, 4);
+}
+
+static int put_map_hdr(sl_pbuf *b, size_t n)
+{
+    if (n < 16)
+        return put_hdr(b, (unsigned char)(0x80 | n), 0, 0);
+    return n < 65536 ? put_hdr(b, 0xde, n, 2) : put_hdr(b, 0xdf, n, 4);
+}
+
+static int put_ext_hdr(sl_pbuf *b, size_t n, int8_t type)
+{
+    int rc;
+    if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
+        unsigned log2 = n == 1 ? 0 : n == 2 ? 1 : n == 4 ? 2 : n == 8 ? 3 : 4;
+        rc = put_hdr(b, (unsigned char)(0xd4 + log2), 0, 0);
+    } else if (n < 256) {
+        rc = put_hdr(b, 0xc7, n, 1);
+    } else {
+        rc = n < 65536 ? put_hdr(b, 0xc8, n, 2) : put_hdr(b, 0xc9, n, 4);
+    }
+    if (rc == 0)
+        put1(b, (unsigned char)type); /* put_hdr reserved 9 bytes, at most 5 used */
+    return rc;
+}
+
+static int put_raw(sl_pbuf *b, const void *p, size_t n)
+{
+    if (pb_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static int put_int64(sl_pbuf *b, int64_t v)
+{
+    if (v >= 0) {
+        uint64_t u = (uint64_t)v;
+        if (u < 128)
+            return put_hdr(b, (unsigned char)u, 0, 0);
+        if (u < 256)
+            return put_hdr(b, 0xcc, u, 1);
+        if (u < 65536)
+            return put_hdr(b, 0xcd, u, 2);
+        return u <= UINT32_MAX ? put_hdr(b, 0xce, u, 4) : put_hdr(b, 0xcf, u, 8);
+    }
+    if (v >= -32)
+        return put_hdr(b, (unsigned char)(int8_t)v, 0, 0);
+    if (v >= INT8_MIN)
+        return put_hdr(b, 0xd0, (uint8_t)(int8_t)v, 1);
+    if (v >= INT16_MIN)
+        return put_hdr(b, 0xd1, (uint16_t)(int16_t)v, 2);
+    if (v >= INT32_MIN)
+        return put_hdr(b, 0xd2, (uint32_t)(int32_t)v, 4);
+    return put_hdr(b, 0xd3, (uint64_t)v, 8);
+}
+
+static int put_double(sl_pbuf *b, double x)
+{
+    uint64_t u;
+    memcpy(&u, &x, sizeof(u));
+    return put_hdr(b, 0xcb, u, 8);
+}
 
 /* Longest repr of a dict key shown in a path before it is cut. */
 #define SL_PATH_KEY_MAX 60
@@ -104,16 +246,6 @@ static int pack_type_error(const struct packer *st, PyObject *obj)
     return pack_error(st, PyExc_TypeError, what);
 }
 
-/* msgpack-c's writers return -1 only when the sbuffer cannot grow. */
-static int pk_ok(int rc)
-{
-    if (rc != 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
-}
-
 static int pack_len_check(const struct packer *st, size_t n, const char *what)
 {
     if (n > UINT32_MAX)
@@ -156,9 +288,9 @@ static int pack_bigint(struct packer *st, PyObject *obj)
     while (n > 1 &&
            ((p[n - 1] == 0x00 && !(p[n - 2] & 0x80)) || (p[n - 1] == 0xff && (p[n - 2] & 0x80))))
         n--;
-    int rc = pk_ok(msgpack_pack_ext(&st->pk, n, SL_EXT_BIGINT));
+    int rc = put_ext_hdr(st->out, n, SL_EXT_BIGINT);
     if (rc == 0)
-        rc = pk_ok(msgpack_pack_ext_body(&st->pk, p, n));
+        rc = put_raw(st->out, p, n);
     Py_DECREF(b);
     return rc;
 }
@@ -170,11 +302,11 @@ static int pack_int(struct packer *st, PyObject *obj)
     if (v == -1 && PyErr_Occurred())
         return -1;
     if (overflow == 0)
-        return pk_ok(msgpack_pack_int64(&st->pk, (int64_t)v));
+        return put_int64(st->out, (int64_t)v);
     if (overflow > 0) {
         unsigned long long u = PyLong_AsUnsignedLongLong(obj);
         if (u != (unsigned long long)-1 || !PyErr_Occurred())
-            return pk_ok(msgpack_pack_uint64(&st->pk, (uint64_t)u));
+            return put_hdr(st->out, 0xcf, (uint64_t)u, 8);
         if (!PyErr_ExceptionMatches(PyExc_OverflowError))
             return -1;
         PyErr_Clear();
@@ -186,9 +318,49 @@ static int pack_bin(struct packer *st, const void *p, size_t n)
 {
     if (pack_len_check(st, n, "bytes object too large to pack (over 4 GiB)") < 0)
         return -1;
-    if (pk_ok(msgpack_pack_bin(&st->pk, n)) < 0)
+    if (put_bin_hdr(st->out, n) < 0)
         return -1;
-    return pk_ok(msgpack_pack_bin_body(&st->pk, p, n));
+    return put_raw(st->out, p, n);
+}
+
+static int pack_str(struct packer *st, PyObject *obj)
+{
+    Py_ssize_t n;
+    const char *p;
+    if (PyUnicode_IS_COMPACT_ASCII(obj)) { /* the bytes are the UTF-8 */
+        p = (const char *)PyUnicode_DATA(obj);
+        n = PyUnicode_GET_LENGTH(obj);
+    } else {
+        p = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (p == NULL) {
+            /* Lone surrogates cannot be UTF-8: say where, keep ValueError. */
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+                return -1;
+            PyErr_Clear();
+            return pack_error(st, PyExc_ValueError, "cannot pack str that is not valid Unicode");
+        }
+    }
+    if (pack_len_check(st, (size_t)n, "str too large to pack (over 4 GiB)") < 0)
+        return -1;
+    sl_pbuf *b = st->out;
+    if (pb_reserve(b, (size_t)n + 5) < 0)
+        return -1;
+    /* Reserved above: header and body written without further checks. */
+    if (n < 32) {
+        put1(b, (unsigned char)(0xa0 | n));
+    } else if (n < 256) {
+        put1(b, 0xd9);
+        put_be(b, (uint64_t)n, 1);
+    } else if (n < 65536) {
+        put1(b, 0xda);
+        put_be(b, (uint64_t)n, 2);
+    } else {
+        put1(b, 0xdb);
+        put_be(b, (uint64_t)n, 4);
+    }
+    memcpy(b->data + b->len, p, (size_t)n);
+    b->len += (size_t)n;
+    return 0;
 }
 
 static int pack_memoryview(struct packer *st, PyObject *obj)
@@ -242,7 +414,7 @@ static int pack_seq(struct packer *st, PyObject *obj)
     struct step *s = &st->path[st->depth - 1];
     s->kind = STEP_INDEX;
     s->key = NULL;
-    int rc = pk_ok(msgpack_pack_array(&st->pk, (size_t)n));
+    int rc = put_array_hdr(st->out, (size_t)n);
     for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
         /* Nothing below runs Python code, so the list cannot shrink under
          * us; the size check keeps that assumption from becoming a crash. */
@@ -268,7 +440,7 @@ static int pack_dict(struct packer *st, PyObject *obj)
         return -1;
     struct step *s = &st->path[st->depth - 1];
     s->key = NULL;
-    int rc = pk_ok(msgpack_pack_map(&st->pk, (size_t)n));
+    int rc = put_map_hdr(st->out, (size_t)n);
     Py_ssize_t pos = 0, done = 0;
     PyObject *key, *value;
     while (rc == 0 && PyDict_Next(obj, &pos, &key, &value)) {
@@ -278,7 +450,7 @@ static int pack_dict(struct packer *st, PyObject *obj)
             break;
         }
         s->kind = STEP_KEY;
-        rc = pack_obj(st, key);
+        rc = PyUnicode_CheckExact(key) ? pack_str(st, key) : pack_obj(st, key);
         if (rc < 0)
             break;
         /* Hold the key: building an error path calls repr() on it. */
@@ -303,35 +475,33 @@ static int pack_obj(struct packer *st, PyObject *obj)
     PyTypeObject *t = Py_TYPE(obj);
     /* Exact types first (the common case), then subclasses. bool is an int
      * subclass, so it is tested before int. */
-    if (obj == Py_None)
-        return pk_ok(msgpack_pack_nil(&st->pk));
-    if (obj == Py_True)
-        return pk_ok(msgpack_pack_true(&st->pk));
-    if (obj == Py_False)
-        return pk_ok(msgpack_pack_false(&st->pk));
-    if (t == &PyUnicode_Type || PyUnicode_Check(obj)) {
-        Py_ssize_t n;
-        const char *p = PyUnicode_AsUTF8AndSize(obj, &n);
-        if (p == NULL) {
-            /* Lone surrogates cannot be UTF-8: say where, keep ValueError. */
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
-                return -1;
-            PyErr_Clear();
-            return pack_error(st, PyExc_ValueError, "cannot pack str that is not valid Unicode");
-        }
-        if (pack_len_check(st, (size_t)n, "str too large to pack (over 4 GiB)") < 0)
-            return -1;
-        if (pk_ok(msgpack_pack_str(&st->pk, (size_t)n)) < 0)
-            return -1;
-        return pk_ok(msgpack_pack_str_body(&st->pk, p, (size_t)n));
-    }
-    if (t == &PyLong_Type || PyLong_Check(obj))
+    if (t == &PyUnicode_Type)
+        return pack_str(st, obj);
+    if (t == &PyLong_Type)
         return pack_int(st, obj);
-    if (t == &PyFloat_Type || PyFloat_Check(obj))
-        return pk_ok(msgpack_pack_double(&st->pk, PyFloat_AS_DOUBLE(obj)));
-    if (t == &PyDict_Type || PyDict_Check(obj))
+    if (t == &PyFloat_Type)
+        return put_double(st->out, PyFloat_AS_DOUBLE(obj));
+    if (t == &PyDict_Type)
         return pack_dict(st, obj);
-    if (t == &PyList_Type || t == &PyTuple_Type || PyList_Check(obj) || PyTuple_Check(obj))
+    if (t == &PyList_Type || t == &PyTuple_Type)
+        return pack_seq(st, obj);
+    if (obj == Py_None)
+        return put_hdr(st->out, 0xc0, 0, 0);
+    if (obj == Py_True)
+        return put_hdr(st->out, 0xc3, 0, 0);
+    if (obj == Py_False)
+        return put_hdr(st->out, 0xc2, 0, 0);
+    if (t == &PyBytes_Type)
+        return pack_bin(st, PyBytes_AS_STRING(obj), (size_t)PyBytes_GET_SIZE(obj));
+    if (PyUnicode_Check(obj))
+        return pack_str(st, obj);
+    if (PyLong_Check(obj))
+        return pack_int(st, obj);
+    if (PyFloat_Check(obj))
+        return put_double(st->out, PyFloat_AS_DOUBLE(obj));
+    if (PyDict_Check(obj))
+        return pack_dict(st, obj);
+    if (PyList_Check(obj) || PyTuple_Check(obj))
         return pack_seq(st, obj);
     if (PyBytes_Check(obj))
         return pack_bin(st, PyBytes_AS_STRING(obj), (size_t)PyBytes_GET_SIZE(obj));
@@ -339,17 +509,44 @@ static int pack_obj(struct packer *st, PyObject *obj)
         return pack_bin(st, PyByteArray_AS_STRING(obj), (size_t)PyByteArray_GET_SIZE(obj));
     if (PyMemoryView_Check(obj))
         return pack_memoryview(st, obj);
-    if (PyBool_Check(obj)) /* unreachable: bool has exactly two instances */
-        return pk_ok(obj == Py_True ? msgpack_pack_true(&st->pk) : msgpack_pack_false(&st->pk));
     return pack_type_error(st, obj);
 }
 
-int sl_py_pack(PyObject *obj, msgpack_sbuffer *out)
+int sl_py_pack(PyObject *obj, sl_pbuf *out)
 {
     struct packer st;
+    st.out = out;
     st.depth = 0;
-    msgpack_packer_init(&st.pk, out, msgpack_sbuffer_write);
     return pack_obj(&st, obj);
+}
+
+void sl_pbuf_free(sl_pbuf *b)
+{
+    if (b->bytes != NULL)
+        Py_CLEAR(b->bytes);
+    else
+        free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* packb(): packed straight into a bytes object, shrunk to size at the end. */
+static PyObject *pack_to_bytes(PyObject *obj)
+{
+    sl_pbuf b = {0};
+    b.bytes = PyBytes_FromStringAndSize(NULL, 256);
+    if (b.bytes == NULL)
+        return NULL;
+    b.data = PyBytes_AS_STRING(b.bytes);
+    b.cap = 256;
+    if (sl_py_pack(obj, &b) < 0) {
+        sl_pbuf_free(&b);
+        return NULL;
+    }
+    PyObject *res = b.bytes;
+    if (_PyBytes_Resize(&res, (Py_ssize_t)b.len) < 0)
+        return NULL;
+    return res;
 }
 
 /* -------------------------------------------------------------- unpacking */
@@ -358,6 +555,7 @@ struct decoder {
     const unsigned char *p;
     size_t len;
     size_t pos;
+    bool keys; /* use the key cache (main interpreter only) */
 };
 
 static PyObject *dec_error(const struct decoder *d, size_t at, const char *what)
@@ -450,11 +648,58 @@ static PyObject *dec_array(struct decoder *d, size_t at, size_t n)
     return list;
 }
 
+/* Map keys repeat (a list of records spells the same few keys thousands of
+ * times), so short str keys are looked up in a small direct-mapped cache
+ * first: a hit costs a hash of a few bytes and a memcmp instead of a new str
+ * object, and the cached str already knows its own hash, so the dict insert
+ * does not compute it again. Entries hold strong references to immutable
+ * strs (at most SL_KEY_CACHE * SL_KEY_MAX bytes in all). Only used in the
+ * main interpreter: objects must not cross interpreters. GIL held. */
+#define SL_KEY_CACHE 1024 /* entries, a power of two */
+#define SL_KEY_MAX 32     /* longest cached key, in UTF-8 bytes */
+
+struct key_entry {
+    PyObject *str; /* NULL: empty */
+    uint32_t len;
+    unsigned char bytes[SL_KEY_MAX];
+};
+
+static struct key_entry g_keys[SL_KEY_CACHE];
+
+static inline uint32_t key_hash(const unsigned char *p, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h ^ (h >> 15);
+}
+
+/* A new reference to the str for key bytes p[0..n) (n <= SL_KEY_MAX), or
+ * NULL with an exception set (invalid UTF-8 raises UnicodeDecodeError). */
+static PyObject *cached_key(const unsigned char *p, size_t n)
+{
+    struct key_entry *e = &g_keys[key_hash(p, n) & (SL_KEY_CACHE - 1)];
+    if (e->str != NULL && e->len == n && memcmp(e->bytes, p, n) == 0)
+        return Py_NewRef(e->str);
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "strict");
+    if (s == NULL)
+        return NULL;
+    if (PyObject_Hash(s) == -1) { /* cannot fail for a str; keep it honest */
+        Py_DECREF(s);
+        return NULL;
+    }
+    Py_XSETREF(e->str, Py_NewRef(s));
+    e->len = (uint32_t)n;
+    memcpy(e->bytes, p, n);
+    return s;
+}
+
 static PyObject *dec_map(struct decoder *d, size_t at, size_t n)
 {
     if (n > (d->len - d->pos) / 2)
         return dec_error(d, at, "map count larger than the input");
-    PyObject *dict = PyDict_New();
+    /* Sized once: no rehash while filling a large map. */
+    PyObject *dict = n > 5 ? _PyDict_NewPresized((Py_ssize_t)n) : PyDict_New();
     if (dict == NULL)
         return NULL;
     for (size_t i = 0; i < n; i++) {
@@ -472,7 +717,24 @@ static PyObject *dec_map(struct decoder *d, size_t at, size_t n)
                          (b >= 0x90 && b <= 0x9f) || b == 0xdc || b == 0xdd ? "array" : "map", kat);
             return NULL;
         }
-        PyObject *key = dec_obj(d);
+        PyObject *key;
+        size_t klen = b >= 0xa0 && b <= 0xbf    ? (size_t)(b & 0x1f)
+                      : b == 0xd9 && need(d, 2) ? (size_t)d->p[kat + 1]
+                                                : SIZE_MAX;
+        size_t kstart = kat + (b == 0xd9 ? 2 : 1);
+        if (d->keys && klen <= SL_KEY_MAX && klen <= d->len - kstart) {
+            key = cached_key(d->p + kstart, klen);
+            if (key == NULL) {
+                Py_DECREF(dict);
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                    return NULL;
+                PyErr_Clear();
+                return dec_error(d, kat, "str is not valid UTF-8");
+            }
+            d->pos = kstart + klen;
+        } else {
+            key = dec_obj(d);
+        }
         if (key == NULL) {
             Py_DECREF(dict);
             return NULL;
@@ -599,8 +861,15 @@ PyObject *sl_py_unpack(const char *buf, size_t len, size_t max_size, unsigned ma
         PyErr_Format(PyExc_ValueError, "%s: %s", kind, err);
         return NULL;
     }
-    struct decoder d = {(const unsigned char *)buf, len, 0};
+    struct decoder d = {(const unsigned char *)buf, len, 0,
+                        PyInterpreterState_Get() == PyInterpreterState_Main()};
+    /* The objects built here are new and hold no cycle, and no Python code
+     * runs while they are built: a collection triggered by allocating many
+     * containers (a list of records) would only walk them for nothing. */
+    int gc_was_on = len > 256 ? PyGC_Disable() : 0;
     PyObject *obj = dec_obj(&d);
+    if (gc_was_on)
+        PyGC_Enable();
     if (obj != NULL && d.pos != len) {
         Py_DECREF(obj);
         return dec_error(&d, d.pos, "trailing bytes");
@@ -613,13 +882,7 @@ PyObject *sl_py_unpack(const char *buf, size_t len, size_t max_size, unsigned ma
 static PyObject *sl_packb(PyObject *self, PyObject *obj)
 {
     (void)self;
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    PyObject *res = NULL;
-    if (sl_py_pack(obj, &sb) == 0)
-        res = PyBytes_FromStringAndSize(sb.data, (Py_ssize_t)sb.size);
-    msgpack_sbuffer_destroy(&sb);
-    return res;
+    return pack_to_bytes(obj);
 }
 
 static PyObject *sl_unpackb(PyObject *self, PyObject *args, PyObject *kwargs)
