@@ -588,7 +588,23 @@ static PyObject *dec_str(struct decoder *d, size_t at, size_t n)
 {
     if (!need(d, n))
         return dec_error(d, at, "truncated str");
-    PyObject *s = PyUnicode_DecodeUTF8((const char *)d->p + d->pos, (Py_ssize_t)n, "strict");
+    const unsigned char *src = d->p + d->pos;
+    if (n > 1 && n <= 64) {
+        /* Short ASCII (most keys and values): one scan, one copy, without
+         * the general decoder's set-up. */
+        unsigned char any = 0;
+        for (size_t i = 0; i < n; i++)
+            any |= src[i];
+        if (any < 0x80) {
+            PyObject *s = PyUnicode_New((Py_ssize_t)n, 127);
+            if (s == NULL)
+                return NULL;
+            memcpy(PyUnicode_DATA(s), src, n);
+            d->pos += n;
+            return s;
+        }
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)src, (Py_ssize_t)n, "strict");
     if (s == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
             return NULL;
