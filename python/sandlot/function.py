@@ -43,6 +43,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _core, errors
 from ._calls import _cancel_call, _Chunk, _collector, _submitted, as_completed, gather, results, wait
+from ._direct import DirectState
 from .network import network_wire, ports_wire
 from .resources import resources_wire
 from .s3 import s3_mounts_wire
@@ -83,6 +84,8 @@ _CHUNK_BYTES = 4 << 20
 _CHUNK_TAG = b"\x00"
 _WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 _BOOT = "import runpy,sys; runpy.run_path(sys.argv[1], run_name='__sandlot_worker__')"
+#: Direct calls to a leased worker (_direct.py); SANDLOT_DIRECT=0 turns them off.
+_DIRECT = os.environ.get("SANDLOT_DIRECT", "1") != "0"
 
 
 class Serialization(enum.Enum):
@@ -398,6 +401,10 @@ class RemoteFunction(Generic[P, R]):
         self._codec = _Codec(serialization)
         self._fn_id: str | None = None
         self._reg_session: Session | None = None
+        # Direct calls to a leased worker (_direct.py): the runner's dir for
+        # this function's sockets, when the runner is on this host.
+        self._direct_dir: str | None = None
+        self._direct = DirectState()
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
@@ -499,6 +506,10 @@ class RemoteFunction(Generic[P, R]):
             if self._fn_id is None or self._reg_session is not sess:
                 sess.health()  # starts the embedded runner if needed
                 resp = sess.request("POST", "/v1/functions", self._registration()).result()
+                self._direct.release()
+                self._direct = DirectState()
+                self._direct_dir = (resp["function"].get("direct_dir")
+                                    if sess.base_url.startswith("unix://") and _DIRECT else None)
                 self._fn_id = resp["function"]["function_id"]
                 self._reg_session = sess
             return sess, self._fn_id
@@ -611,7 +622,15 @@ class RemoteFunction(Generic[P, R]):
         """
         payload = self._encode(args, kwargs)
         sess, fid = self._ensure()
-        return sess._client.request(
+        client = sess._client
+        if self._direct_dir is not None:
+            ch = self._direct.get(client, fid, self._direct_dir)
+            if ch is not None:
+                ref = ch.call(payload, self._remote_done, functools.partial(
+                    client.request, "POST", f"/v1/functions/{fid}/call", {"args": payload}, timeout=None))
+                if ref is not None:
+                    return ref
+        return client.request(
             "POST", f"/v1/functions/{fid}/call", {"args": payload}, timeout=None, transform=self._remote_done
         )
 
@@ -651,6 +670,8 @@ class RemoteFunction(Generic[P, R]):
         n = len(items)
         if n == 0:
             return []
+        # The pool gets its leased worker back: a map wants every worker.
+        self._direct.release()
         cs = self._chunksize(n, chunksize)
         if cs <= 1:
             return self._map_each(items, kws if kws is not None else [{}] * n)
@@ -815,6 +836,7 @@ class RemoteFunction(Generic[P, R]):
 
     def delete(self) -> None:
         """Forget the function in the runner: workers stop, queued calls are cancelled."""
+        self._direct.release()
         with self._lock:
             if self._fn_id is not None and self._reg_session is not None:
                 try:
