@@ -262,5 +262,6 @@ class DirectState:
         ch, self.channel = self.channel, None
         if ch is not None:
             ch.close()
-        # Let the pool have the worker for a while (map() is about to use it).
-        self.next_try = time.monotonic() + _RETRY_S
+        # The next remote() may lease again at once: the runner refuses while
+        # calls are queued or every worker is busy (a map() in progress).
+        self.next_try = 0.0
