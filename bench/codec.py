@@ -6,8 +6,9 @@ Typical payloads of calls and API bodies: a nested record (dict of str,
 int, float, lists and dicts, ~2 KiB), lists of 1 KiB and 1 MiB (ints, floats,
 short strs), a 1 MiB list of small records (what map() ships), and a dict
 holding 1 MiB of bytes. Each operation is timed ``--runs`` times (each run
-as many calls as fill ``--min-time``); printed: calls/s min/median/max and the
-ratio of medians, sandlot over each peer (target >= 1.5x). orjson cannot
+as many calls as fill ``--min-time``); printed: the median calls/s of each
+side and the median (min..max) over the runs of the ratio sandlot / peer (the
+sides take turns within each run; target >= 1.5x). orjson cannot
 encode bytes, so it has no figure for that payload. Default settings on every
 side: ``msgpack.packb(x)`` / ``msgpack.unpackb(b)``, ``orjson.dumps(x)`` /
 ``orjson.loads(b)``; sandlot's decoder checks its input against the protocol
@@ -59,24 +60,31 @@ def payloads() -> dict[str, Any]:
     }
 
 
-def timeit(fn: Callable[[], Any], runs: int, min_time: float) -> list[float]:
-    """calls per second, one figure per run."""
+def calibrate(fn: Callable[[], Any], min_time: float) -> int:
+    """How many calls fill about min_time."""
     n = 1
-    while True:  # calibrate: enough calls to fill min_time
+    while True:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         dt = time.perf_counter() - t0
         if dt >= min_time / 4 or n > 1 << 20:
-            break
+            return max(1, int(n * min_time / max(dt, 1e-9)))
         n *= 4
-    n = max(1, int(n * min_time / max(dt, 1e-9)))
-    out = []
+
+
+def timeit(sides: dict[str, Callable[[], Any]], runs: int, min_time: float) -> dict[str, list[float]]:
+    """calls per second per side, one figure per run; the sides take turns
+    within each run, so the shared machine's load hits them alike."""
+    ns = {s: calibrate(fn, min_time) for s, fn in sides.items()}
+    out: dict[str, list[float]] = {s: [] for s in sides}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out.append(n / (time.perf_counter() - t0))
+        for s, fn in sides.items():
+            n = ns[s]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out[s].append(n / (time.perf_counter() - t0))
     return out
 
 
@@ -89,7 +97,7 @@ def main() -> None:
     import orjson
 
     load0 = loadavg()
-    print(f"codec: calls/s, {a.runs} runs each, min/median/max; ratio = sandlot median / peer median")
+    print(f"codec: median calls/s of {a.runs} runs; ratio sandlot/peer per run, median (min..max)")
     print(f"load average at start: {load0}")
     results: dict[str, Any] = {}
     plots = []
@@ -109,15 +117,17 @@ def main() -> None:
         }
         results[name] = {"msgpack_bytes": len(packed), "json_bytes": len(jb) if jb is not None else None}
         for op, sides in ops.items():
-            figs = {side: timeit(fn, a.runs, a.min_time) for side, fn in sides.items() if fn is not None}
-            med = {s: statistics.median(v) for s, v in figs.items()}
-            ratios = {p: med["sandlot"] / med[p] for p in med if p != "sandlot"}
+            figs = timeit({side: fn for side, fn in sides.items() if fn is not None}, a.runs, a.min_time)
+            # Ratio per run (the sides ran back to back), then min/median/max.
+            pair = {p: [x / y for x, y in zip(figs["sandlot"], figs[p])] for p in figs if p != "sandlot"}
+            ratios = {p: statistics.median(v) for p, v in pair.items()}
             results[name][op] = {"calls_per_s": {s: [min(v), statistics.median(v), max(v)] for s, v in figs.items()},
-                                 "ratio": ratios}
-            line = "  ".join(f"{s} {statistics.median(v):10.0f} ({min(v):.0f}..{max(v):.0f})" for s, v in figs.items())
-            rtxt = ", ".join(f"{r:.2f}x {p}" for p, r in ratios.items())
+                                 "ratio": ratios, "ratio_min_median_max": {p: [min(v), statistics.median(v), max(v)]
+                                                                          for p, v in pair.items()}}
+            line = "  ".join(f"{s} {statistics.median(v):9.0f}" for s, v in figs.items())
+            rtxt = ", ".join(f"{statistics.median(v):.2f}x {p} ({min(v):.2f}..{max(v):.2f})" for p, v in pair.items())
             print(f"{name:14} {op:6} {line}   -> {rtxt}")
-            plots.append(bars(f"{name} {op}: calls/s (sandlot {rtxt})",
+            plots.append(bars(f"{name} {op}: calls/s\n(sandlot " + ", ".join(f"{r:.2f}x {p}" for p, r in ratios.items()) + ")",
                               {s: [min(v), statistics.median(v), max(v)] for s, v in figs.items()}, ylabel="calls/s"))
     print(f"load average at end: {loadavg()}")
     save("codec", results, plots)
