@@ -196,3 +196,38 @@ def test_deleted_function_removes_its_direct_dir(session):
     assert os.path.isdir(d)
     f.delete()
     assert wait_until(lambda: not os.path.exists(d))
+
+
+def test_map_goes_straight_to_every_leased_worker(fn):
+    f = fn(pid_after, max_workers=2)
+    sandlot.results(f.map([(0.3,)] * 8), timeout=120)  # the pool grows to 2 through the runner
+    calls_before = f.info()["calls"]
+    out = sandlot.results(f.map([(0.0,)] * 400), timeout=120)
+    assert len(set(out)) == 2  # both workers, both cores
+    assert f.info()["calls"] == calls_before  # no chunk went through the runner
+    # All but one lease are handed back once the chunks are done.
+    assert wait_until(lambda: len(leased(f)) <= 1)
+
+
+def test_direct_map_crash_fails_its_chunk_only(fn):
+    f = fn(crash, max_workers=1)
+    direct_ref(f, False).result(timeout=60)
+    items = [(False,)] * 4 + [(False,), (True,), (False,), (False,)] + [(False,)] * 4
+    refs = f.map(items, chunksize=4)
+    assert [r.result(timeout=60) for r in refs[:4]] == ["fine"] * 4
+    for r in refs[4:8]:
+        with pytest.raises(sandlot.WorkerCrashedError):
+            r.result(timeout=60)
+    # The chunk behind the crashed one never started: it ran through the runner.
+    assert [r.result(timeout=120) for r in refs[8:]] == ["fine"] * 4
+
+
+def test_direct_map_cancel_of_a_running_chunk_kills_its_worker(fn):
+    f = fn(pid_after, max_workers=1)
+    direct_ref(f, 0).result(timeout=60)
+    refs = f.map([(30,)] * 8, chunksize=4)
+    for r in refs:
+        assert r.cancel()
+    t0 = time.monotonic()
+    assert isinstance(f.remote(0.1).result(timeout=120), str)
+    assert time.monotonic() - t0 < 25  # not behind 8 x 30 s of cancelled sleeps

@@ -16,7 +16,11 @@ this client closes the socket or sends nothing for ``idle_timeout`` seconds.
 
 Used only while it helps: a ``remote()`` made while a direct call is in
 flight goes through the runner (so fan-outs keep using the whole pool), and
-the lease is handed back once that happens, or before a ``map()``. Calls the
+the lease is handed back once that happens. A ``map()`` leases every worker
+of the pool (``max_workers``, default ``min(nproc, 4)``) when they are all
+idle and sends its chunks round-robin straight to them, handing all but one
+back when its chunks are done; when fewer are idle it goes through the runner
+(which grows the pool for the next one). Calls the
 worker did not take (it said goodbye first) are re-sent through the runner;
 a call in flight when the worker dies fails with ``WorkerCrashedError``, as
 through the runner.
@@ -138,6 +142,35 @@ class DirectChannel:
                 return None
             return p.ref
 
+    @property
+    def idle(self) -> bool:
+        return not self._pending
+
+    def submit_chunk(self, payload: bytes, chunk: Any, fallback: Callable[[], Any]) -> bool:
+        """Send a map() chunk (pipelined behind others); its ``_Chunk`` gets
+        the outcome. False if the channel is closed (nothing was sent)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._seq += 1
+            self._pending.append((self._seq, chunk, payload, fallback))
+            try:
+                self._sock.sendall(_HDR_IN.pack(8 + len(payload), self._seq) + payload)
+            except OSError:
+                self._pending.pop()
+                self._close_locked()
+                return False
+            return True
+
+    def kill_if_running(self, chunk: Any) -> None:
+        """Every ref of ``chunk`` was cancelled: if it is the one running, the
+        runner kills this worker; one still waiting behind it runs later and
+        its outcome is dropped (its refs are cancelled already)."""
+        with self._lock:
+            running = bool(self._pending) and self._pending[0][1] is chunk
+        if running:
+            self._cancel(self._client, self._fid, self.worker)
+
     def _on_cancel(self) -> None:
         # The running call cannot be interrupted in the worker: the runner
         # kills that sandbox (the socket then ends and the channel closes).
@@ -187,17 +220,28 @@ class DirectChannel:
             left = list(self._pending)
             self._pending.clear()
         sock.close()
-        for _, p, _payload, fallback in left:
-            if p.done():
-                continue
-            if bye:
-                # The worker left before reading it: run it through the runner.
-                self._resend(p, fallback)
+        crashed = {"status": "crashed",
+                   "message": "the worker running this call died (a crash, os._exit, or the sandbox "
+                              "being killed); the pool replaced it"}
+        # The worker runs frames in order: only the first one left can have
+        # been running when it died. Later ones never started (and none did
+        # after a goodbye): they go through the runner, as the runner requeues
+        # the calls pipelined behind a dead worker's running call.
+        for i, (_, p, _payload, fallback) in enumerate(left):
+            ran = i == 0 and not bye
+            if isinstance(p, _core.Promise):
+                if p.done():
+                    continue
+                if ran:
+                    p.complete(200, _core.packb({"call": crashed}))
+                else:
+                    self._resend(p, fallback)
+            elif p.ncancel == p.n:
+                continue  # every ref cancelled: nobody wants it run
+            elif ran:
+                p.done(dict(crashed))
             else:
-                p.complete(200, _core.packb({"call": {
-                    "status": "crashed",
-                    "message": "the worker running this call died (a crash, os._exit, or the sandbox "
-                               "being killed); the pool replaced it"}}))
+                self._resend_chunk(p, fallback)
 
     def _deliver(self, kind: int, seq: int, data: bytes) -> None:
         with self._lock:
@@ -207,7 +251,26 @@ class DirectChannel:
             if self._release and not self._pending:
                 self._close_locked()
         status = "ok" if kind == ord("O") else "error"
-        p.complete(200, _core.packb({"call": {"status": status, "data": data}}))
+        if isinstance(p, _core.Promise):
+            p.complete(200, _core.packb({"call": {"status": status, "data": data}}))
+        else:
+            p.done({"status": status, "data": data})
+
+    @staticmethod
+    def _resend_chunk(chunk: Any, fallback: Callable[[], Any]) -> None:
+        try:
+            ref = fallback()
+        except Exception as exc:  # noqa: BLE001
+            chunk.fail(500, "unavailable", str(exc))
+            return
+
+        def done(r: Any) -> None:
+            try:
+                chunk.done(r.result()["call"])
+            except Exception as exc:  # noqa: BLE001
+                chunk.fail(getattr(exc, "status", 0) or 500, getattr(exc, "code", None) or "failed", str(exc))
+
+        ref.add_done_callback(done)
 
     @staticmethod
     def _resend(p: _core.Promise, fallback: Callable[[], Any]) -> None:
@@ -257,6 +320,33 @@ class DirectState:
             return ch
         finally:
             self.lock.release()
+
+    def for_map(self, client: Any, fid: str, direct_dir: str | None, want: int) -> list[DirectChannel] | None:
+        """``want`` leased workers for a map() (this function's whole pool), or
+        None (all handed back) when fewer are idle: then the runner spreads
+        the chunks and grows the pool as it does for any map."""
+        if direct_dir is None:
+            return None
+        with self.lock:
+            chans: list[DirectChannel] = []
+            ch = self.channel
+            if ch is not None and ch.usable and ch.idle:
+                chans.append(ch)
+            elif ch is not None:
+                ch.close()
+            self.channel = None
+            while len(chans) < want:
+                c = DirectChannel.open(client, fid, direct_dir)
+                if c is None:
+                    break
+                chans.append(c)
+            if len(chans) < want:
+                for c in chans:
+                    c.close()
+                self.next_try = 0.0
+                return None
+            self.channel = chans[0]  # stays leased for the next remote()
+            return chans
 
     def release(self) -> None:
         ch, self.channel = self.channel, None

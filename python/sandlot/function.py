@@ -43,7 +43,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _core, errors
 from ._calls import _cancel_call, _Chunk, _collector, _submitted, as_completed, gather, results, wait
-from ._direct import DirectState
+from ._direct import DirectChannel, DirectState
 from .network import network_wire, ports_wire
 from .resources import resources_wire
 from .s3 import s3_mounts_wire
@@ -673,10 +673,9 @@ class RemoteFunction(Generic[P, R]):
         n = len(items)
         if n == 0:
             return []
-        # The pool gets its leased worker back: a map wants every worker.
-        self._direct.release()
         cs = self._chunksize(n, chunksize)
         if cs <= 1:
+            self._direct.release()  # every item through the runner: it wants every worker
             return self._map_each(items, kws if kws is not None else [{}] * n)
         if set(map(type, items)) != {tuple}:
             items = [it if isinstance(it, tuple) else (it,) for it in items]
@@ -685,8 +684,12 @@ class RemoteFunction(Generic[P, R]):
         for start in range(0, n, cs):
             self._encode_chunk(items, kws, start, min(n, start + cs), chunks)
         sess, fid = self._ensure()
-        coll = _collector(sess)
         client = sess._client
+        if self._direct_dir is not None:
+            chans = self._direct.for_map(client, fid, self._direct_dir, self._pool_size())
+            if chans is not None:
+                return self._map_direct(chans, chunks, client, fid)
+        coll = _collector(sess)
         base = secrets.token_hex(8)
         refs: list[_core.OperationRef[R]] = []
         # About 8 requests, sent without waiting for each other: the first
@@ -718,6 +721,28 @@ class RemoteFunction(Generic[P, R]):
             req.add_done_callback(functools.partial(_submitted, coll, [cid for cid, _ in entries]))
         return refs
 
+    def _pool_size(self) -> int:
+        return self.max_workers or min(os.cpu_count() or 1, 4)
+
+    def _map_direct(self, chans: list[Any], chunks: list[tuple[int, int, bytes]], client: Any,
+                    fid: str) -> list[_core.OperationRef[R]]:
+        """map() over leased workers: chunks round-robin, straight to them."""
+        refs: list[_core.OperationRef[R]] = []
+        base = secrets.token_hex(8)
+        for k, (start, stop, payload) in enumerate(chunks):
+            ch = chans[k % len(chans)]
+            chunk = _Chunk(self, stop - start, f"d{base}-{k}", client, None)  # type: ignore[arg-type]
+            chunk.kill = functools.partial(ch.kill_if_running, chunk)
+            refs += chunk.batch.refs()  # type: ignore[union-attr]
+            fallback = functools.partial(client.request, "POST", f"/v1/functions/{fid}/call",
+                                         {"args": payload}, timeout=None)
+            if not ch.submit_chunk(payload, chunk, fallback):
+                # That worker is gone: this chunk goes through the runner.
+                DirectChannel._resend_chunk(chunk, fallback)
+        for ch in chans[1:]:
+            ch.close()  # handed back once its chunks are done
+        return refs
+
     def _chunksize(self, n: int, chunksize: int | None) -> int:
         if chunksize is not None:
             if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
@@ -725,7 +750,7 @@ class RemoteFunction(Generic[P, R]):
             return chunksize
         if self.fresh_sandbox or self.max_timeout_seconds:
             return 1  # each item keeps its own sandbox / its own timeout
-        workers = self.max_workers or min(os.cpu_count() or 1, 4)
+        workers = self._pool_size()
         cs = min(_CHUNK_MAX, -(-n // (workers * 4)))
         # Tiny chunks save little and make results arrive in bursts.
         return cs if cs >= 4 else 1
