@@ -18,9 +18,10 @@ Used only while it helps: a ``remote()`` made while a direct call is in
 flight goes through the runner (so fan-outs keep using the whole pool), and
 the lease is handed back once that happens. A ``map()`` leases every worker
 of the pool (``max_workers``, default ``min(nproc, 4)``) when they are all
-idle and sends its chunks round-robin straight to them, handing all but one
-back when its chunks are done; when fewer are idle it goes through the runner
-(which grows the pool for the next one). Calls the
+idle and sends its chunks round-robin straight to them, keeping them for the
+next map() until a call goes through the runner (which needs them back then);
+when fewer are idle it goes through the runner (which grows the pool for the
+next one). Calls the
 worker did not take (it said goodbye first) are re-sent through the runner;
 a call in flight when the worker dies fails with ``WorkerCrashedError``, as
 through the runner.
@@ -293,10 +294,11 @@ class DirectChannel:
 class DirectState:
     """Per RemoteFunction: its channel, and when a lease may next be tried."""
 
-    __slots__ = ("channel", "next_try", "lock")
+    __slots__ = ("channel", "extras", "next_try", "lock")
 
     def __init__(self) -> None:
         self.channel: DirectChannel | None = None
+        self.extras: list[DirectChannel] = []  # the rest of the pool, leased by a map()
         self.next_try = 0.0
         self.lock = threading.Lock()
 
@@ -329,12 +331,12 @@ class DirectState:
             return None
         with self.lock:
             chans: list[DirectChannel] = []
-            ch = self.channel
-            if ch is not None and ch.usable and ch.idle:
-                chans.append(ch)
-            elif ch is not None:
-                ch.close()
-            self.channel = None
+            for ch in [self.channel, *self.extras]:
+                if ch is not None and ch.usable and ch.idle:
+                    chans.append(ch)
+                elif ch is not None:
+                    ch.close()
+            self.channel, self.extras = None, []
             while len(chans) < want:
                 c = DirectChannel.open(client, fid, direct_dir)
                 if c is None:
@@ -345,10 +347,22 @@ class DirectState:
                     c.close()
                 self.next_try = 0.0
                 return None
-            self.channel = chans[0]  # stays leased for the next remote()
+            # Kept for the next map() (and the first for remote()) until a
+            # call goes through the runner, which then needs the workers back
+            # (release_extras), or the workers' idle_timeout ends the leases.
+            self.channel, self.extras = chans[0], chans[1:]
             return chans
 
+    def release_extras(self) -> None:
+        """A call is about to go through the runner: the workers leased for
+        map() go back to the pool (each once its chunks are done)."""
+        if self.extras:
+            extras, self.extras = self.extras, []
+            for c in extras:
+                c.close()
+
     def release(self) -> None:
+        self.release_extras()
         ch, self.channel = self.channel, None
         if ch is not None:
             ch.close()

@@ -633,6 +633,7 @@ class RemoteFunction(Generic[P, R]):
                     client.request, "POST", f"/v1/functions/{fid}/call", {"args": payload}, timeout=None))
                 if ref is not None:
                     return ref
+            self._direct.release_extras()
         return client.request(
             "POST", f"/v1/functions/{fid}/call", {"args": payload}, timeout=None, transform=self._remote_done
         )
@@ -739,8 +740,6 @@ class RemoteFunction(Generic[P, R]):
             if not ch.submit_chunk(payload, chunk, fallback):
                 # That worker is gone: this chunk goes through the runner.
                 DirectChannel._resend_chunk(chunk, fallback)
-        for ch in chans[1:]:
-            ch.close()  # handed back once its chunks are done
         return refs
 
     def _chunksize(self, n: int, chunksize: int | None) -> int:
