@@ -728,18 +728,23 @@ class RemoteFunction(Generic[P, R]):
     def _map_direct(self, chans: list[Any], chunks: list[tuple[int, int, bytes]], client: Any,
                     fid: str) -> list[_core.OperationRef[R]]:
         """map() over leased workers: chunks round-robin, straight to them."""
-        refs: list[_core.OperationRef[R]] = []
         base = secrets.token_hex(8)
+        batches = []
         for k, (start, stop, payload) in enumerate(chunks):
             ch = chans[k % len(chans)]
             chunk = _Chunk(self, stop - start, f"d{base}-{k}", client, None)  # type: ignore[arg-type]
             chunk.kill = functools.partial(ch.kill_if_running, chunk)
-            refs += chunk.batch.refs()  # type: ignore[union-attr]
+            batches.append(chunk.batch)  # the chunk lets go of it once complete
             fallback = functools.partial(client.request, "POST", f"/v1/functions/{fid}/call",
                                          {"args": payload}, timeout=None)
             if not ch.submit_chunk(payload, chunk, fallback):
                 # That worker is gone: this chunk goes through the runner.
                 DirectChannel._resend_chunk(chunk, fallback)
+        # The refs (10,000 objects for 10,000 items) are made while the
+        # workers already run the first chunks.
+        refs: list[_core.OperationRef[R]] = []
+        for b in batches:
+            refs += b.refs()
         return refs
 
     def _chunksize(self, n: int, chunksize: int | None) -> int:
