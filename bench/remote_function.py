@@ -23,7 +23,9 @@ the issue, pool start included, is printed beside it.
 Beside the headline, not instead of it: a tuned configuration
 (``min_workers=2``) unless ``--no-tuned``; Ray with ``--ray`` if importable.
 A private sandlotd (no flags: the embedded runner's configuration) is started
-with its state in a temp dir, unless SANDLOT_URL is set.
+with its state in a temp dir, unless SANDLOT_URL is set. ``SANDLOT_DIRECT=0``
+measures every call through the runner's HTTP API instead of direct calls to
+leased workers (written to bench/out/remote_function_nodirect.json).
 """
 
 from __future__ import annotations
@@ -185,7 +187,11 @@ def main() -> None:
              {"sandlot": mmm([a.n / x for x in s_map]), "PPE(2) cs=500": mmm([a.n / x for x in p_map]),
               **({"sandlot min_workers=2": mmm([a.n / x for x in t_map])} if tuned else {})}, ylabel="calls/s"),
     ]
-    save("remote_function", res, plots)
+    # SANDLOT_DIRECT=0 (every call through the runner's HTTP API) is the
+    # before/after comparison; it must not overwrite the headline's figures.
+    direct = os.environ.get("SANDLOT_DIRECT", "1") != "0"
+    res["direct_calls"] = direct
+    save("remote_function" if direct else "remote_function_nodirect", res, plots)
 
 
 def bench_ray(calls: int, n: int) -> str:
