@@ -29,6 +29,10 @@ _CHUNK_BYTES = 4 << 20
 _CHUNK_TAG = b"\x00"
 
 
+#: os.cpu_count() reads sysfs on every call (~0.1 ms here): once per process.
+_NCPU = os.cpu_count() or 1
+
+
 def _qn(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
@@ -129,7 +133,7 @@ class _MapMixin:
         return refs
 
     def _pool_size(self) -> int:
-        return self.max_workers or min(os.cpu_count() or 1, 4)
+        return self.max_workers or min(_NCPU, 4)
 
     def _map_direct(self, chans: list[Any], chunks: list[tuple[int, int, bytes]], client: Any,
                     fid: str) -> list[_core.OperationRef[Any]]:
