@@ -233,3 +233,46 @@ def test_direct_map_cancel_of_a_running_chunk_kills_its_worker(fn):
     t0 = time.monotonic()
     assert isinstance(f.remote(0.1).result(timeout=120), str)
     assert time.monotonic() - t0 < 25  # not behind 8 x 30 s of cancelled sleeps
+
+
+def big(n):
+    return "x" * n
+
+
+def forge_frame():
+    """Write a frame header claiming 4 GiB to the direct socket (the
+    function finds its own connection among its fds)."""
+    import socket
+    import stat
+    import struct
+
+    for fd in range(3, 64):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            s = socket.socket(fileno=os.dup(fd))
+            s.sendall(struct.pack(">IBQ", 0xFFFFFFF0, ord("O"), 1))
+            s.detach()
+            time.sleep(5)
+            return "sent"
+        except OSError:
+            continue
+    return "no socket"
+
+
+def test_large_results_travel_direct(fn):
+    f = fn(big)
+    direct_ref(f, 10).result(timeout=60)
+    ref = f.remote(5 << 20)
+    assert "/direct" in repr(ref)
+    assert ref.result(timeout=120) == "x" * (5 << 20)
+
+
+def test_a_forged_frame_kills_the_worker_not_the_client(fn):
+    f = fn(forge_frame)
+    ref = direct_ref(f)
+    # Whatever the worker's code writes to the socket, the client neither
+    # buffers 4 GiB nor hangs: the call fails and the worker is replaced.
+    with pytest.raises(sandlot.WorkerCrashedError, match="malformed frame"):
+        ref.result(timeout=60)
+    assert wait_until(lambda: not leased(f))

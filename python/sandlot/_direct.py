@@ -53,6 +53,9 @@ _HDR_IN = struct.Struct(">IQ")  # what the worker reads: length, seq
 _HDR_OUT = struct.Struct(">IBQ")  # what it writes: length, kind, seq
 #: After a lease was refused (no idle worker), wait this long before asking again.
 _RETRY_S = 0.2
+#: The largest frame a worker may send (the runner's limit, SL_FN_FRAME_MAX).
+_FRAME_MAX = 80 << 20
+_KINDS = frozenset(map(ord, "OEB"))
 _SUN_PATH_MAX = 107
 
 
@@ -198,10 +201,16 @@ class DirectChannel:
         sock = self._sock
         buf = bytearray()
         bye = False
+        bad = ""
         try:
             while True:
                 while len(buf) >= 13:
                     n, kind, seq = _HDR_OUT.unpack_from(buf)
+                    # The worker runs untrusted code: a frame is checked
+                    # before it is buffered, as the runner checks its frames.
+                    if n < 9 or n > _FRAME_MAX or kind not in _KINDS:
+                        bad = f"a malformed frame (kind {kind}, {n} bytes)"
+                        raise EOFError
                     if len(buf) < 4 + n:
                         break
                     data = bytes(buf[13 : 4 + n])
@@ -209,7 +218,9 @@ class DirectChannel:
                     if kind == ord("B"):
                         bye = True
                         raise EOFError
-                    self._deliver(kind, seq, data)
+                    if not self._deliver(kind, seq, data):
+                        bad = f"a result for a call it was not running (seq {seq})"
+                        raise EOFError
                 chunk = sock.recv(1 << 20)
                 if not chunk:
                     raise EOFError
@@ -224,6 +235,11 @@ class DirectChannel:
         crashed = {"status": "crashed",
                    "message": "the worker running this call died (a crash, os._exit, or the sandbox "
                               "being killed); the pool replaced it"}
+        if bad:
+            # Not a worker we can trust with the next call: the runner ends it.
+            self._cancel(self._client, self._fid, self.worker)
+            crashed["message"] = (f"the worker running this call sent {bad} (did the function write to "
+                                  "the protocol socket?); it was killed and the pool replaced it")
         # The worker runs frames in order: only the first one left can have
         # been running when it died. Later ones never started (and none did
         # after a goodbye): they go through the runner, as the runner requeues
@@ -244,10 +260,12 @@ class DirectChannel:
             else:
                 self._resend_chunk(p, fallback)
 
-    def _deliver(self, kind: int, seq: int, data: bytes) -> None:
+    def _deliver(self, kind: int, seq: int, data: bytes) -> bool:
+        """Complete the running call; False if seq is not the running call's
+        (the worker runs its frames in order, so a well-behaved one never)."""
         with self._lock:
             if not self._pending or self._pending[0][0] != seq:
-                return  # cannot happen: one call at a time, in order
+                return False
             _, p, _, _ = self._pending.popleft()
             if self._release and not self._pending:
                 self._close_locked()
@@ -256,6 +274,7 @@ class DirectChannel:
             p.complete(200, _core.packb({"call": {"status": status, "data": data}}))
         else:
             p.done({"status": status, "data": data})
+        return True
 
     @staticmethod
     def _resend_chunk(chunk: Any, fallback: Callable[[], Any]) -> None:
