@@ -276,3 +276,27 @@ def test_a_forged_frame_kills_the_worker_not_the_client(fn):
     with pytest.raises(sandlot.WorkerCrashedError, match="malformed frame"):
         ref.result(timeout=60)
     assert wait_until(lambda: not leased(f))
+
+
+def look(path):
+    return [os.path.exists(path), sorted(os.listdir("/run/sandlot-direct"))]
+
+
+def test_other_functions_workers_cannot_see_a_direct_dir(fn):
+    f = fn(add)
+    direct_ref(f, 1, 1).result(timeout=60)
+    d = f.info()["direct_dir"]
+    # A listening socket of f's, as a client makes while it leases.
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(os.path.join(d, "d-probe.sock"))
+    s.listen(1)
+    try:
+        g = fn(look)
+        exists, listing = g.remote(d).result(timeout=120)
+        assert exists is False  # the runner's state dir is not in the sandbox
+        assert "d-probe.sock" not in listing  # g's workers see g's dir only
+    finally:
+        s.close()
+        os.unlink(os.path.join(d, "d-probe.sock"))
