@@ -9,6 +9,7 @@ chunks, the batch refs and the direct path.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import secrets
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ _CHUNK_TAG = b"\x00"
 
 #: os.cpu_count() reads sysfs on every call (~0.1 ms here): once per process.
 _NCPU = os.cpu_count() or 1
+_first = operator.itemgetter(0)
 
 
 def _qn(fn: Any) -> str:
@@ -90,10 +92,12 @@ class _MapMixin:
             return self._map_each(items, kws if kws is not None else [{}] * n)
         if set(map(type, items)) != {tuple}:
             items = [it if isinstance(it, tuple) else (it,) for it in items]
-        self._check_shapes(items, kws)
+        lens = set(map(len, items)) if kws is None else None
+        self._check_shapes(items, kws, lens)
+        single = lens == {1}
         chunks: list[tuple[int, int, bytes]] = []
         for start in range(0, n, cs):
-            self._encode_chunk(items, kws, start, min(n, start + cs), chunks)
+            self._encode_chunk(items, kws, start, min(n, start + cs), chunks, single)
         sess, fid = self._ensure()
         client = sess._client
         if self._direct_dir is not None:
@@ -169,12 +173,13 @@ class _MapMixin:
         # Tiny chunks save little and make results arrive in bursts.
         return cs if cs >= 4 else 1
 
-    def _check_shapes(self, items: list[tuple[Any, ...]], kws: list[dict[str, Any]] | None) -> None:
+    def _check_shapes(self, items: list[tuple[Any, ...]], kws: list[dict[str, Any]] | None,
+                      lens: set[int] | None = None) -> None:
         """Bind the signature once per distinct call shape (arity, keywords)."""
         if self._sig is None:
             return
         if kws is None:
-            lens = set(map(len, items))
+            lens = lens if lens is not None else set(map(len, items))
             todo = [(ln, ()) for ln in lens]
         else:
             todo = list({(len(a), tuple(kw)) for a, kw in zip(items, kws)})
@@ -192,10 +197,14 @@ class _MapMixin:
                 raise
 
     def _encode_chunk(self, items: list[tuple[Any, ...]], kws: list[dict[str, Any]] | None, start: int, stop: int,
-                      out: list[tuple[int, int, bytes]]) -> None:
+                      out: list[tuple[int, int, bytes]], single: bool = False) -> None:
         part = items[start:stop]
         try:
-            payload = _CHUNK_TAG + self._enc([part, kws[start:stop] if kws is not None else None])
+            if single:
+                # One positional argument each: a flat list of them.
+                payload = _CHUNK_TAG + self._enc([list(map(_first, part)), None, 1])
+            else:
+                payload = _CHUNK_TAG + self._enc([part, kws[start:stop] if kws is not None else None])
         except Exception as exc:
             for i in range(start, stop):
                 try:
@@ -206,8 +215,8 @@ class _MapMixin:
                             f"Serialization.{self.serialization.name}: {exc}") from None
         if len(payload) > _CHUNK_BYTES and stop - start > 1:
             mid = (start + stop) // 2
-            self._encode_chunk(items, kws, start, mid, out)
-            self._encode_chunk(items, kws, mid, stop, out)
+            self._encode_chunk(items, kws, start, mid, out, single)
+            self._encode_chunk(items, kws, mid, stop, out, single)
             return
         out.append((start, stop, payload))
 

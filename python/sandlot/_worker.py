@@ -135,11 +135,16 @@ def _codec(kind):
 
 
 def _run_chunk(fn, dec, enc, payload, kind, pickle_errors):
-    """Run a chunk ``[[args, ...], [kwargs, ...] | None]`` in order; one
+    """Run a chunk ``[[args, ...], [kwargs, ...] | None]`` (or ``[[arg, ...],
+    None, 1]`` when every item is one positional argument) in order; one
     ``O`` frame ``[kinds, values]``: kinds[i] "O" (values[i] is the result)
     or "E" (values[i] the JSON error description, as text)."""
     try:
-        items, kws = dec(payload[1:])
+        chunk = dec(payload[1:])
+        items, kws = chunk[0], chunk[1]
+        # [values, None, 1]: every item is one positional argument, sent as a
+        # flat list (cheaper to decode than a list of one-item lists).
+        flat = len(chunk) > 2 and chunk[2] == 1 and kws is None
         if kws is not None and len(kws) != len(items):
             raise ValueError(f"a map chunk of {len(items)} items with {len(kws)} kwargs")
     except BaseException as exc:  # noqa: BLE001
@@ -154,7 +159,10 @@ def _run_chunk(fn, dec, enc, payload, kind, pickle_errors):
     while len(values) < n:
         start = len(values)
         try:
-            if kws is None:
+            if flat:
+                for arg in items[start:] if start else items:
+                    put(fn(arg))
+            elif kws is None:
                 for args in items[start:] if start else items:
                     put(fn(*args))
             else:
