@@ -39,9 +39,23 @@ def loadavg() -> str:
         return f.read().strip()
 
 
+#: A CDF keeps at most this many samples per series (evenly spaced order
+#: statistics of all of them: the same curve, a JSON file of a few KiB).
+CDF_POINTS = 1000
+
+
+def _quantiles(xs: list[float]) -> list[float]:
+    xs = sorted(xs)
+    if len(xs) > CDF_POINTS:
+        step = (len(xs) - 1) / (CDF_POINTS - 1)
+        xs = [xs[round(i * step)] for i in range(CDF_POINTS)]
+    return [float(f"{x:.4g}") for x in xs]
+
+
 def cdf(title: str, series: dict[str, list[float]], *, xlabel: str = "ms") -> dict[str, Any]:
-    """A CDF panel: raw samples per series."""
-    return {"kind": "cdf", "title": title, "xlabel": xlabel, "series": series}
+    """A CDF panel: samples per series (kept as up to CDF_POINTS quantiles)."""
+    return {"kind": "cdf", "title": title, "xlabel": xlabel, "n": {k: len(v) for k, v in series.items()},
+            "series": {k: _quantiles(v) for k, v in series.items()}}
 
 
 def bars(title: str, values: dict[str, Any], *, ylabel: str = "", note: str = "") -> dict[str, Any]:

@@ -28,7 +28,7 @@ def _cdf(ax: Any, p: dict[str, Any]) -> None:
         if not xs:
             continue
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
-        ax.step(xs, ys, where="post", label=f"{label} (n={len(xs)})")
+        ax.step(xs, ys, where="post", label=f"{label} (n={p.get('n', {}).get(label, len(xs))})")
     ax.set_xlabel(p.get("xlabel", ""))
     ax.set_ylabel("fraction of samples <= x")
     ax.set_ylim(0, 1.01)
