@@ -107,7 +107,11 @@ def plot(path: Path) -> Path | None:
     out = PLOTS / f"{path.stem}.png"
     fig.savefig(out, dpi=90)
     plt.close(fig)
-    print(f"{path.name} -> {out.relative_to(HERE.parent)}")
+    try:
+        shown = out.relative_to(HERE.parent)
+    except ValueError:  # PLOTS pointed elsewhere
+        shown = out
+    print(f"{path.name} -> {shown}")
     return out
 
 
