@@ -252,6 +252,7 @@ def main() -> None:
         s.update(teardown_sandlot(state, boxes))
     res = {"sandlot": s, "bwrap": b, "ratio_beyond_program": s["accounted_beyond_program_per_box"]
            / max(1.0, b["accounted_beyond_program_per_box"])}
+    save_plots(res)
     if args.json:
         print(json.dumps(res, indent=2))
         return
@@ -273,6 +274,21 @@ def main() -> None:
     print(f"  after terminate: {kib(s['left_after_terminate_per_box'])} per box not returned "
           f"(kernel {kib(s['kernel_left_after_terminate_per_box'])}, of it unreclaimable slab "
           f"{kib(s['unreclaimable_left_after_terminate_per_box'])}); terminate took {s['terminate_seconds']:.1f} s")
+
+
+def save_plots(res: dict) -> None:
+    """bench/out/density.json for bench/plot.py: memory per sandbox against
+    bwrap as bars; a density curve from ``res["curve"]`` when present
+    (``{"series name": [[live sandboxes, value], ...]}``, e.g. create p50 ms
+    or runner RSS at 1k / 5k / 10k live)."""
+    from _out import bars, curve, save
+
+    keys = ("system_per_box", "accounted_per_box", "kernel_per_box", "accounted_beyond_program_per_box")
+    plots = [bars(f"{k.replace('_', ' ')} (KiB)", {side: res[side][k] / 1024 for side in ("sandlot", "bwrap")
+                                                   if k in res.get(side, {})}, ylabel="KiB") for k in keys]
+    if isinstance(res.get("curve"), dict):
+        plots.insert(0, curve("density", res["curve"], xlabel="live sandboxes"))
+    save("density", res, plots)
 
 
 if __name__ == "__main__":

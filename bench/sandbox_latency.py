@@ -85,6 +85,22 @@ def main() -> None:
         if runner is not None:
             runner.stop()
     report(res, args.json)
+    save_plots(res)
+
+
+def save_plots(res: dict) -> None:
+    """bench/out/sandbox_latency.json for bench/plot.py: p50/p99 bars, and
+    CDFs when ``res["samples"]`` holds the raw seconds per side."""
+    from _out import bars, cdf, save
+
+    sides = sorted({k[: -len("_p50_ms")] for k in res if k.endswith("_p50_ms")})
+    plots = [bars(f"{q} latency, ms (create -> exec true -> wait -> terminate)",
+                  {s: res[f"{s}_{q}_ms"] for s in sides if f"{s}_{q}_ms" in res}, ylabel="ms")
+             for q in ("p50", "p99")]
+    if isinstance(res.get("samples"), dict):
+        plots.insert(0, cdf("create -> exec true -> wait -> terminate",
+                            {k: [x * 1e3 for x in v] for k, v in res["samples"].items()}, xlabel="ms"))
+    save("sandbox_latency", res, plots)
 
 
 def measure(rounds: int) -> dict:

@@ -112,6 +112,7 @@ def main() -> None:
         res["speedup"] = res["scratch_s"] / res["restore_s"]
         res["all"] = {k: [round(x, 4) for x in v] for k, v in m.items()}
         out["storages"][st] = res
+    save_plots(out)
     if a.json:
         print(json.dumps(out))
         return
@@ -127,6 +128,22 @@ def main() -> None:
         for k, v in res["all"].items():
             print(f"    {k:15} {v}")
     del sandlot
+
+
+def save_plots(out: dict) -> None:
+    """bench/out/snapshot.json for bench/plot.py: medians per storage as bars,
+    every round's capture and restore times as CDFs."""
+    from _out import bars, cdf, save
+
+    plots = []
+    for key, title in (("capture_wall_s", "capture, request wall time (ms)"),
+                       ("capture_frozen_s", "capture, sandbox frozen (ms)"),
+                       ("restore_s", "restore: create(snapshot) + exec (ms)")):
+        plots.append(bars(title, {st: r[key] * 1e3 for st, r in out["storages"].items() if key in r}, ylabel="ms"))
+    for key in ("capture_wall", "restore"):
+        plots.append(cdf(f"{key.replace('_', ' ')}, every round", {st: [x * 1e3 for x in r.get("all", {}).get(key, [])]
+                                                                 for st, r in out["storages"].items()}, xlabel="ms"))
+    save("snapshot", out, plots)
 
 
 if __name__ == "__main__":

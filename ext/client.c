@@ -145,21 +145,20 @@ static PyObject *client_request(Client *self, PyObject *args, PyObject *kwargs)
     char *data = NULL;
     size_t len = 0;
     if (body != Py_None) {
-        msgpack_sbuffer sb;
-        msgpack_sbuffer_init(&sb);
+        sl_pbuf sb = {0};
         if (sl_py_pack(body, &sb) < 0) {
-            msgpack_sbuffer_destroy(&sb);
+            sl_pbuf_free(&sb);
             return NULL;
         }
-        if (sb.size > SL_MAX_BODY) {
+        if (sb.len > SL_MAX_BODY) {
             PyErr_Format(PyExc_ValueError,
-                         "request body is %zu bytes, larger than MAX_BODY (%zu bytes)", sb.size,
+                         "request body is %zu bytes, larger than MAX_BODY (%zu bytes)", sb.len,
                          SL_MAX_BODY);
-            msgpack_sbuffer_destroy(&sb);
+            sl_pbuf_free(&sb);
             return NULL;
         }
-        len = sb.size;
-        data = msgpack_sbuffer_release(&sb);
+        len = sb.len;
+        data = sb.data; /* the request owns it now (freed with free()) */
     }
 
     sl_req *req;

@@ -1,7 +1,7 @@
-/* sl_codec.h - Python objects <-> msgpack (msgpack-c), for ext/.
+/* sl_codec.h - Python objects <-> msgpack, for ext/.
  *
- * Owned by ext/codec.c. Everything decoded goes through sl_mp_check()
- * (csrc/codec/sl_mpcheck.h) before msgpack-c allocates.
+ * Owned by ext/codec.c (entry points), codec_pack.c and codec_unpack.c. Everything decoded goes
+ * through sl_mp_check() (csrc/codec/sl_mpcheck.h) before anything is allocated.
  *
  * Supported: None, bool, int (ext type 1 = two's-complement little-endian
  * bytes for ints outside [-2**63, 2**64)), float, str, bytes, bytearray,
@@ -13,13 +13,25 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <msgpack.h>
+#include <stddef.h>
 
 #define SL_EXT_BIGINT 1
 
+/* The packer's output: a malloc'd buffer (bytes == NULL; zero-initialise it,
+ * take data or release it with sl_pbuf_free), or inside codec.c the storage
+ * of a bytes object. */
+typedef struct sl_pbuf {
+    char *data;
+    size_t len, cap;
+    PyObject *bytes;
+} sl_pbuf;
+
 /* Append the encoding of obj to out. Returns 0, or -1 with a Python exception
  * set (TypeError naming the type and where it was, ValueError for depth). */
-int sl_py_pack(PyObject *obj, msgpack_sbuffer *out);
+int sl_py_pack(PyObject *obj, sl_pbuf *out);
+void sl_pbuf_free(sl_pbuf *b);
+/* packb(obj): a new bytes object, or NULL with an exception set. */
+PyObject *sl_py_packb(PyObject *obj);
 
 /* Decode exactly one object from buf after checking it against the limits.
  * Returns a new reference, or NULL with ValueError set. */

@@ -131,7 +131,7 @@ class _Chunk:
     ref of a chunk is cancelled the call itself is cancelled: dropped if
     queued, its worker killed and replaced if running."""
 
-    __slots__ = ("fn", "n", "kinds", "values", "rec", "err", "batch", "cid", "client", "coll", "ncancel")
+    __slots__ = ("fn", "n", "kinds", "values", "rec", "err", "batch", "cid", "client", "coll", "ncancel", "kill")
 
     def __init__(self, fn: RemoteFunction[Any, Any], n: int, cid: str, client: _core.Client, coll: _Collector) -> None:
         # Not the RemoteFunction: the batch (so every ref) references this
@@ -147,6 +147,9 @@ class _Chunk:
         self.rec: dict[str, Any] | None = None
         self.err: tuple[int, str, str] | None = None
         self.ncancel = 0
+        # A chunk sent straight to a leased worker (_direct.py) is cancelled
+        # by having the runner kill that worker.
+        self.kill: Any = None
         self.batch: _core.PromiseBatch | None = _core.PromiseBatch(f"/v1/calls/{cid}", n, self.get,
                                                                     self.cancelled)
 
@@ -191,7 +194,10 @@ class _Chunk:
     def cancelled(self, i: int) -> None:
         self.ncancel += 1
         if self.ncancel == self.n:
-            _cancel_call(self.client, self.coll, self.cid)
+            if self.kill is not None:
+                self.kill()
+            else:
+                _cancel_call(self.client, self.coll, self.cid)
 
 
 _collectors: weakref.WeakKeyDictionary[Session, _Collector] = weakref.WeakKeyDictionary()

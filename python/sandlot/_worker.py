@@ -22,6 +22,14 @@ pipelined batch of calls costs one read.
 A call payload starting with a NUL byte is a chunk of ``map()`` items
 (``_run_chunk``): the items run in order and their outcomes travel back in one
 ``O`` frame, each item's exception kept apart (docs/protocol.md section 4.3).
+
+A payload starting with ``\x01`` is a *lease* (``\x01<socket name>\n<idle
+seconds>``, csrc/runner/functions/fn_direct.c): the worker connects to that
+unix socket in ``/run/sandlot-direct`` (the client's, bound read-only into the
+sandbox) and serves calls there with the same frames until the client closes
+it, or it has been idle that long (then it sends a ``B`` frame first, so the
+client knows that calls it sent after that were not run); then it sends ``L``
+to the runner and serves the runner again.
 """
 
 import os
@@ -33,6 +41,9 @@ HDR_IN = struct.Struct(">IQ")
 HDR_OUT = struct.Struct(">IBQ")
 #: A call payload starting with this byte is a chunk of map() items.
 CHUNK_TAG = b"\x00"
+#: A runner frame starting with this byte leases the worker to a client socket.
+LEASE_TAG = b"\x01"
+DIRECT_DIR = "/run/sandlot-direct"
 #: A chunk's results must fit a frame (the runner's limit is 80 MiB).
 CHUNK_RESULT_MAX = 64 << 20
 
@@ -124,11 +135,16 @@ def _codec(kind):
 
 
 def _run_chunk(fn, dec, enc, payload, kind, pickle_errors):
-    """Run a chunk ``[[args, ...], [kwargs, ...] | None]`` in order; one
+    """Run a chunk ``[[args, ...], [kwargs, ...] | None]`` (or ``[[arg, ...],
+    None, 1]`` when every item is one positional argument) in order; one
     ``O`` frame ``[kinds, values]``: kinds[i] "O" (values[i] is the result)
     or "E" (values[i] the JSON error description, as text)."""
     try:
-        items, kws = dec(payload[1:])
+        chunk = dec(payload[1:])
+        items, kws = chunk[0], chunk[1]
+        # [values, None, 1]: every item is one positional argument, sent as a
+        # flat list (cheaper to decode than a list of one-item lists).
+        flat = len(chunk) > 2 and chunk[2] == 1 and kws is None
         if kws is not None and len(kws) != len(items):
             raise ValueError(f"a map chunk of {len(items)} items with {len(kws)} kwargs")
     except BaseException as exc:  # noqa: BLE001
@@ -143,7 +159,10 @@ def _run_chunk(fn, dec, enc, payload, kind, pickle_errors):
     while len(values) < n:
         start = len(values)
         try:
-            if kws is None:
+            if flat:
+                for arg in items[start:] if start else items:
+                    put(fn(arg))
+            elif kws is None:
                 for args in items[start:] if start else items:
                     put(fn(*args))
             else:
@@ -183,6 +202,48 @@ def _run_chunk(fn, dec, enc, payload, kind, pickle_errors):
         )
         return ord("E"), _describe_error(err, pickle_errors)
     return ord("O"), data
+
+
+def _serve_direct(payload, run):
+    """Serve a client's direct socket (a lease) until it closes or is idle."""
+    import socket
+
+    try:
+        name, idle = payload[1:].decode().split("\n", 1)
+        idle = max(1.0, float(idle))
+        if "/" in name or name.startswith("."):
+            return
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except (ValueError, OSError):
+        return
+    try:
+        s.settimeout(5.0)
+        s.connect(os.path.join(DIRECT_DIR, name))
+        s.settimeout(idle)
+        buf = bytearray()
+        while True:
+            if len(buf) >= 12:
+                n, seq = HDR_IN.unpack_from(buf)
+                if len(buf) >= 4 + n:
+                    call = bytes(buf[12 : 4 + n])
+                    del buf[: 4 + n]
+                    kind_out, seq, data = run(call, seq)
+                    s.sendall(HDR_OUT.pack(9 + len(data), kind_out, seq) + data)
+                    continue
+            try:
+                chunk = s.recv(1 << 20)
+            except socket.timeout:
+                if not buf:  # idle: tell the client, then hand the worker back
+                    s.sendall(HDR_OUT.pack(9, ord("B"), 0))
+                    return
+                continue
+            if not chunk:
+                return
+            buf.extend(chunk)
+    except OSError:
+        return  # the client went away: back to the runner
+    finally:
+        s.close()
 
 
 def main():
@@ -254,6 +315,27 @@ def main():
         flush()
         return 1
     pickle_errors = kind == "pickle"
+
+    def run(payload, seq):
+        """(kind, seq, data) of one call or chunk."""
+        if payload[:1] == CHUNK_TAG:
+            kind_out, data = _run_chunk(fn, dec, enc, payload, kind, pickle_errors)
+            return kind_out, seq, data
+        try:
+            args, kwargs = dec(payload)
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker must live
+            return ord("E"), seq, _describe_error(exc, pickle_errors)
+        try:
+            return ord("O"), seq, enc(result)
+        except BaseException as exc:  # noqa: BLE001
+            err = TypeError(
+                f"the return value of {getattr(fn, '__qualname__', fn)!s} (type "
+                f"{type(result).__name__}) cannot be serialized with Serialization."
+                f"{kind.upper()}: {exc}"
+            )
+            return ord("E"), seq, _describe_error(err, pickle_errors)
+
     send(ord("R"), 0, b"")
     flush()
     while True:
@@ -262,28 +344,13 @@ def main():
             flush()
             return 0
         seq, payload = frame
-        if payload[:1] == CHUNK_TAG:
-            kind_out, data = _run_chunk(fn, dec, enc, payload, kind, pickle_errors)
-            send(kind_out, seq, data)
+        if payload[:1] == LEASE_TAG:
+            flush()
+            _serve_direct(payload, run)
+            send(ord("L"), seq, b"")
             flush()
             continue
-        try:
-            args, kwargs = dec(payload)
-            result = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker must live
-            send(ord("E"), seq, _describe_error(exc, pickle_errors))
-        else:
-            try:
-                data = enc(result)
-            except BaseException as exc:  # noqa: BLE001
-                err = TypeError(
-                    f"the return value of {getattr(fn, '__qualname__', fn)!s} (type "
-                    f"{type(result).__name__}) cannot be serialized with Serialization."
-                    f"{kind.upper()}: {exc}"
-                )
-                send(ord("E"), seq, _describe_error(err, pickle_errors))
-            else:
-                send(ord("O"), seq, data)
+        send(*run(payload, seq))
         # Written at once: a later call may kill the process (os._exit, a
         # segfault) before a batched write, and a finished call's result
         # must not die with it.

@@ -51,6 +51,8 @@ static const route routes[] = {
     {EVHTTP_REQ_POST, "/v1/functions/*/delete", sl_h_fn_delete},
     {EVHTTP_REQ_POST, "/v1/functions/*/call", sl_h_fn_call},
     {EVHTTP_REQ_POST, "/v1/functions/*/calls", sl_h_fn_calls},
+    {EVHTTP_REQ_POST, "/v1/functions/*/lease", sl_h_fn_lease},
+    {EVHTTP_REQ_POST, "/v1/functions/*/lease/cancel", sl_h_fn_lease_cancel},
     {EVHTTP_REQ_POST, "/v1/calls/cancel", sl_h_calls_cancel},
     {EVHTTP_REQ_POST, "/v1/calls/*/wait", sl_h_call_wait},
     {EVHTTP_REQ_POST, "/v1/channels/*/wait", sl_h_chan_wait},

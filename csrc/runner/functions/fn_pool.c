@@ -192,6 +192,14 @@ static int handle_frame(sl_worker *w, int kind, uint64_t seq, char *payload, siz
         worker_gone(w, SL_CO_FAILED, msg);
         return -1;
     }
+    case 'L': /* the lease ended: an ordinary worker again */
+        free(payload);
+        if (w->leased) {
+            w->leased = 0;
+            w->idle_since = sl_now();
+            sl_debug("function %s: worker %s back from its lease", f->id, w->box_id);
+        }
+        return 0;
     case 'O':
     case 'E': {
         int fresh = f->fresh;
@@ -427,8 +435,9 @@ static int spawn_worker(sl_fn *f, sl_err *e)
         sl_box_free(b);
         return -1;
     }
-    sl_bind *binds = f->nmounts > 0 ? calloc(f->nmounts, sizeof(*binds)) : NULL;
-    if (f->nmounts > 0 && binds == NULL) {
+    size_t nbinds = f->nmounts + (f->direct_dir != NULL);
+    sl_bind *binds = nbinds > 0 ? calloc(nbinds, sizeof(*binds)) : NULL;
+    if (nbinds > 0 && binds == NULL) {
         sl_box_free(b);
         return sl_err_set(e, 500, "out of memory");
     }
@@ -437,7 +446,14 @@ static int spawn_worker(sl_fn *f, sl_err *e)
         binds[i].sandbox_path = f->mounts[i].k;
         binds[i].readonly = 1;
     }
-    int rc = sl_box_launch(b, 1, binds, f->nmounts, e);
+    if (f->direct_dir != NULL) {
+        /* Read-only: a worker can connect to a client's socket there (a
+         * socket needs no write access to the mount) but create nothing. */
+        binds[f->nmounts].host_path = f->direct_dir;
+        binds[f->nmounts].sandbox_path = SL_FN_DIRECT_MOUNT;
+        binds[f->nmounts].readonly = 1;
+    }
+    int rc = sl_box_launch(b, 1, binds, nbinds, e);
     free(binds);
     if (rc < 0)
         return -1;
@@ -510,7 +526,7 @@ static void pump(sl_fn *f)
     while (f->queue.n > 0) {
         sl_worker *idle = NULL, *best = NULL;
         for (sl_worker *w = f->workers; w != NULL; w = w->next) {
-            if (w->state != SL_W_READY || w->inflight.n >= depth)
+            if (w->state != SL_W_READY || w->leased || w->inflight.n >= depth)
                 continue;
             if (w->inflight.n == 0 && idle == NULL)
                 idle = w;
@@ -564,13 +580,56 @@ void sl_fn_cancel_sent(sl_call *c)
     sl_fn_pump(f);
 }
 
+int sl_fn_lease(sl_fn *f, const char *name, char box_id[SL_ID_LEN + 1], sl_err *e)
+{
+    if (f->direct_dir == NULL)
+        return sl_err_set(e, 409, "function %s has no direct socket dir", f->id);
+    if (f->fresh || f->call_timeout > 0)
+        return sl_err_set(e, 409,
+                          "function %s is fresh_sandbox or has max_timeout_seconds: its "
+                          "calls go through the runner",
+                          f->id);
+    sl_worker *w = f->workers;
+    while (w != NULL && (w->state != SL_W_READY || w->leased || w->inflight.n > 0))
+        w = w->next;
+    if (w == NULL || f->queue.n > 0)
+        return sl_err_set(e, 409, "function %s has no idle worker to lease", f->id);
+    /* The worker ends the lease itself after idle_timeout without a call,
+     * so a forgotten lease returns the worker to the pool and its reaping. */
+    char payload[128];
+    int n = snprintf(payload, sizeof(payload), "\x01%s\n%g", name, f->idle_timeout);
+    if (n < 0 || (size_t)n >= sizeof(payload))
+        return sl_err_set(e, 400, "socket name too long");
+    if (send_frame(w, ++f->next_seq, payload, (size_t)n, 0) < 0)
+        return sl_err_set(e, 500, "out of memory");
+    w->leased = 1;
+    flush(w);
+    snprintf(box_id, SL_ID_LEN + 1, "%s", w->box_id);
+    sl_debug("function %s: worker %s leased to socket %s", f->id, w->box_id, name);
+    return 0;
+}
+
+int sl_fn_lease_kill(sl_fn *f, const char *box_id)
+{
+    for (sl_worker *w = f->workers; w != NULL; w = w->next) {
+        if (w->leased && strcmp(w->box_id, box_id) == 0) {
+            sl_info("function %s: leased worker %s killed (its call was cancelled)", f->id,
+                    w->box_id);
+            worker_gone(w, SL_CO_NONE, NULL);
+            sl_fn_pump(f);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 void sl_fn_reap_idle(sl_fn *f, double now)
 {
     sl_worker *w = f->workers;
     while (w != NULL) {
         sl_worker *next = w->next;
-        if (w->state == SL_W_READY && w->inflight.n == 0 && f->nworkers > f->min_workers &&
-            now - w->idle_since >= f->idle_timeout) {
+        if (w->state == SL_W_READY && !w->leased && w->inflight.n == 0 &&
+            f->nworkers > f->min_workers && now - w->idle_since >= f->idle_timeout) {
             sl_info("function %s: reaping worker %s idle for %.0f s", f->id, w->box_id,
                     now - w->idle_since);
             worker_gone(w, SL_CO_NONE, NULL);
@@ -602,9 +661,10 @@ void sl_fn_pack_workers(sl_resp *r, const sl_fn *f)
     sl_r_arr(r, f->nworkers);
     size_t n = 0;
     for (const sl_worker *w = f->workers; w != NULL && n < f->nworkers; w = w->next, n++) {
-        sl_r_map(r, 4);
+        sl_r_map(r, 5);
         sl_r_kstr(r, "sandbox_id", w->box_id);
         sl_r_kstr(r, "state", names[w->state]);
+        sl_r_kbool(r, "leased", w->leased);
         sl_r_kint(r, "served", (int64_t)w->served);
         sl_r_kint(r, "inflight", (int64_t)w->inflight.n);
     }

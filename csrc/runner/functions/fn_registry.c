@@ -47,6 +47,7 @@ void sl_fn_free(sl_fn *f)
 {
     sl_fn_drop_workers(f);
     sl_calls_free_fn(f);
+    sl_fn_direct_free(f);
     free(f->name);
     free(f->spec);
     sl_strv_free(f->cmd, f->ncmd);
@@ -118,7 +119,7 @@ static void pack_kv(sl_resp *r, const sl_kv *kv, size_t n)
 
 static void pack_fn(sl_resp *r, const sl_fn *f)
 {
-    sl_r_map(r, 18);
+    sl_r_map(r, 19);
     sl_r_kstr(r, "function_id", f->id);
     sl_r_kstr(r, "name", f->name);
     sl_r_kstr(r, "image", f->image != NULL ? f->image : "host");
@@ -154,7 +155,11 @@ static void pack_fn(sl_resp *r, const sl_fn *f)
     sl_r_kint(r, "calls", (int64_t)f->ncalls);
     sl_r_kint(r, "ok", (int64_t)f->nok);
     sl_r_kint(r, "errors", (int64_t)f->nerr);
-    (void)0;
+    sl_r_str(r, "direct_dir");
+    if (f->direct_dir != NULL && !f->fresh && f->call_timeout <= 0)
+        sl_r_str(r, f->direct_dir);
+    else
+        sl_r_nil(r);
 }
 
 static void reply_fn(sl_req *r, int status, const sl_fn *f)
@@ -334,6 +339,7 @@ void sl_h_fn_create(sl_req *r)
         return;
     }
     f->created_at = f->last_used = sl_now();
+    sl_fn_direct_init(rt, f);
     f->next = g.fns;
     g.fns = f;
     sl_info("function %s (%s) registered: up to %zu workers, image %s", f->id,

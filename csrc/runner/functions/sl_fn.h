@@ -13,7 +13,18 @@
  * then a uint64 big-endian sequence number; runner -> worker the rest is the
  * function spec (seq 0, first frame) or a call's argument blob; worker ->
  * runner a kind byte follows the length ('R' ready, 'O' result, 'E' raised,
- * 'F' could not load the function), then the sequence number and the payload.
+ * 'F' could not load the function, 'L' a lease ended), then the sequence
+ * number and the payload.
+ *
+ * Leases (fn_direct.c): a client on the runner's host may take an idle
+ * worker for itself. The runner sends that worker a lease frame (payload
+ * "\x01<socket name>\n<idle seconds>"); the worker connects to the client's
+ * socket in the function's direct dir (bound read-only into every worker at
+ * SL_FN_DIRECT_MOUNT) and serves calls there with the same frames, one at a
+ * time, until the client closes it or it is idle that long; then it sends
+ * 'L' and is an ordinary worker again. While leased the pool dispatches
+ * nothing to it and never reaps it; it stays a sandbox of the pool (same
+ * limits, killed with the function, by POST .../lease/cancel, or on death).
  */
 #ifndef SL_FN_H
 #define SL_FN_H
@@ -26,6 +37,7 @@
 #define SL_FN_PIPELINE 8      /* default calls in flight per worker */
 #define SL_FN_IDLE 60.0       /* default idle seconds before a worker is reaped */
 #define SL_FN_FRAME_MAX ((size_t)80 << 20)
+#define SL_FN_DIRECT_MOUNT "/run/sandlot-direct"
 
 struct sl_fn;
 struct sl_worker;
@@ -79,6 +91,7 @@ typedef struct sl_worker {
     struct event *rev, *wev, *timer;
     struct evbuffer *to, *from;
     enum sl_wstate state;
+    int leased; /* serving a client's direct socket (fn_direct.c) */
     sl_clist inflight;
     uint64_t served;
     double started_at, idle_since;
@@ -104,7 +117,8 @@ typedef struct sl_fn {
     int fresh;  /* one worker per call, then it is discarded */
     char *opts; /* raw msgpack map of stored options, echoed in info */
     size_t opts_len;
-    char *s3; /* raw msgpack "s3_mounts" (s3.c): holds credentials, never echoed */
+    char *direct_dir; /* host dir of direct sockets, bound into workers; NULL: none */
+    char *s3;         /* raw msgpack "s3_mounts" (s3.c): holds credentials, never echoed */
     size_t s3_len;
     sl_kv *annotations;
     size_t nannotations;
@@ -157,7 +171,20 @@ void sl_fn_reap_idle(sl_fn *f, double now);
 void sl_fn_retire_all(sl_fn *f);
 void sl_fn_drop_workers(sl_fn *f); /* shutdown: free without touching boxes */
 sl_box *sl_fn_worker_box(sl_worker *w);
+/* Lease an idle ready worker to the client socket `name` in f->direct_dir:
+ * 0 with its sandbox id in box_id, or -1 with e set (409: none idle). */
+int sl_fn_lease(sl_fn *f, const char *name, char box_id[SL_ID_LEN + 1], sl_err *e);
+/* Kill the leased worker box_id (a direct call cancelled): 1 if it was. */
+int sl_fn_lease_kill(sl_fn *f, const char *box_id);
 void sl_fn_pack_workers(sl_resp *r, const sl_fn *f);
+
+/* fn_direct.c */
+/* Create f's direct dir under the state dir (best effort: no dir, no
+ * leases) and remove it with its leftover sockets. */
+void sl_fn_direct_init(sl_runner *rt, sl_fn *f);
+void sl_fn_direct_free(sl_fn *f);
+void sl_h_fn_lease(sl_req *r);
+void sl_h_fn_lease_cancel(sl_req *r);
 
 /* fn_calls.c */
 void sl_clist_push(sl_clist *l, sl_call *c);
