@@ -34,7 +34,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from .errors import (
     AuthenticationError,
     InvalidArgumentError,
+    NodeLostError,
     NotFoundError,
+    PlacementError,
     RequestTimeoutError,
     RunnerUnavailableError,
     SandboxError,
@@ -93,6 +95,8 @@ __all__ = [
     "RunnerUnavailableError",
     "AuthenticationError",
     "RequestTimeoutError",
+    "NodeLostError",
+    "PlacementError",
     "RemoteFunction",
     "Serialization",
     "RemoteError",

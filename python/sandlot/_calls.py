@@ -69,7 +69,7 @@ class _Collector:
         for cid in ids:
             with self._cv:
                 p = self._pending.pop(cid, None)
-            if type(p) is _Chunk:
+            if isinstance(p, _Chunk):  # _Chunk or a cluster chunk
                 p.fail(status, code, message)
             elif p is not None:
                 p.complete(status, body)
@@ -110,7 +110,7 @@ class _Collector:
                 pop = self._pending.pop
                 found = [(pop(rec["call_id"], None), rec) for rec in calls]
             for p, rec in found:
-                if type(p) is _Chunk:
+                if isinstance(p, _Chunk):  # _Chunk or a cluster chunk
                     p.done(rec)
                 elif p is not None:
                     p.complete(200, _core.packb(rec))
