@@ -88,6 +88,14 @@ class _Collector:
                     "POST", f"/v1/channels/{self.channel}/wait", {"timeout": 25.0, "max": 65536}, timeout=60.0
                 ).result()
                 failures = 0
+            except RuntimeError as exc:
+                # The session was closed: nothing will answer these calls.
+                with self._cv:
+                    ids = list(self._pending)
+                self.fail(ids, 0, "closed", f"the session was closed: {exc}")
+                with self._cv:
+                    self._thread = None
+                return
             except errors.SandboxError as exc:
                 failures += 1
                 if failures >= 5 or isinstance(exc, errors.NotFoundError):

@@ -259,6 +259,9 @@ class SandlotNode:
                                   "-xf", "-"], input=data, capture_output=True, check=False)
             if out.returncode != 0:
                 raise RuntimeError(f"cannot unpack snapshot {snapshot_id}: {out.stderr.decode(errors='replace')}")
+            if (tmp / snapshot_id / "layer.erofs").exists():
+                # Where the runner mounts the image (its contents stayed behind).
+                (tmp / snapshot_id / "mnt").mkdir(mode=0o700, exist_ok=True)
             os.rename(tmp / snapshot_id, dst / snapshot_id)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

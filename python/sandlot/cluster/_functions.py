@@ -20,6 +20,7 @@ collector, ``PromiseBatch``) is reused as is.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import functools
 import logging
@@ -41,8 +42,17 @@ log = logging.getLogger("sandlot.cluster")
 _CHUNKS_PER_WORKER = 4
 
 
+#: How a runner reports the calls it dropped because it is stopping (fn_registry.c).
+_SHUTDOWN_MESSAGE = "the runner is shutting down"
+
+
 def _lost_code(status: int, code: str) -> bool:
     return code == "node_lost" or (status == 0 and code == "unavailable")
+
+
+def _runner_stopped(rec: dict[str, Any]) -> bool:
+    """A call the runner cancelled because it stops (its node is going away), not the caller."""
+    return rec.get("status") == "cancelled" and rec.get("message") == _SHUTDOWN_MESSAGE
 
 
 class _ClusterChunk(_Chunk):
@@ -55,6 +65,13 @@ class _ClusterChunk(_Chunk):
             self.owner._chunk_lost(self, message)
             return
         super().fail(status, code, message)
+
+    def done(self, rec: dict[str, Any]) -> None:
+        if _runner_stopped(rec) and self.batch is not None:
+            self.owner.core.wake.set()
+            self.owner._chunk_lost(self, f"its runner stopped ({_SHUTDOWN_MESSAGE})")
+            return
+        super().done(rec)
 
     def get(self, i: int) -> Any:
         if self.kinds is None and self.lost is not None:
@@ -197,6 +214,9 @@ class ClusterFunction:
                 value, exc = None, e
             if lost_entry:
                 exc = lost_entry[0]
+            elif isinstance(exc, concurrent.futures.CancelledError) and str(exc) == _SHUTDOWN_MESSAGE:
+                core.wake.set()
+                exc = r.lost or r.lost_error(f"its runner stopped ({_SHUTDOWN_MESSAGE})")
             elif exc is not None:
                 exc = _convert(r, exc, core)
             if isinstance(exc, errors.NodeLostError):

@@ -164,7 +164,8 @@ class _Runner:
         self.count = 0
         self.used_cpu = 0.0
         self.used_mem = 0.0
-        self.local: list[tuple[float, float, float]] = []  # (time, cpu, memory MiB) of creates not yet listed
+        # [time, cpu, memory MiB, local sandbox id] of creates the last listing may not show yet
+        self.local: list[list[Any]] = []
         self.calls = 0  # function calls / map items this client has outstanding here
 
     def matches(self, name: str) -> bool:
@@ -184,8 +185,8 @@ class _Runner:
 
     def free(self) -> tuple[float, float]:
         with self.lock:
-            cpu = self.cpu_total - self.used_cpu - sum(c for _, c, _ in self.local)
-            mem = self.mem_total - self.used_mem - sum(m for _, _, m in self.local)
+            cpu = self.cpu_total - self.used_cpu - sum(x[1] for x in self.local)
+            mem = self.mem_total - self.used_mem - sum(x[2] for x in self.local)
         return cpu, mem
 
     def describe(self) -> str:
@@ -220,9 +221,15 @@ class _Core:
             ray.init(address=address, namespace=_actors.NAMESPACE, logging_level=logging.WARNING,
                      log_to_driver=False)
         self.address = address
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        head = next((n["NodeID"] for n in ray.nodes()
+                     if n.get("Alive") and "node:__internal_head__" in (n.get("Resources") or {})), None)
+        # On the head if it can (it goes down last); anywhere else if it cannot.
+        where = NodeAffinitySchedulingStrategy(head, soft=True) if head else "DEFAULT"
         self.sup = _actors.SandlotSupervisorActor.options(
             name=_actors.SUPERVISOR, namespace=_actors.NAMESPACE, lifetime="detached", get_if_exists=True,
-            max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=8,
+            max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=8, scheduling_strategy=where,
         ).remote(token or secrets.token_urlsafe(32), state_root or _actors.default_state_root(), runner_args)
         self.token: str = ray.get(self.sup.get_token.remote(), timeout=start_timeout)
         if token is not None and token != self.token:
@@ -574,6 +581,11 @@ class ClusterSession(Session):
                 f"{parts[3]!r} is not a cluster id: ids made through a cluster session start with their "
                 "runner's tag, e.g. 'n-3f2a9c1e0b7d.sb-0123456789abcdef'", code="not_found", status=404)
         r = self._core.runner(tag)
+        if parts[2] == "sandboxes" and parts[4:] == ["terminate"]:
+            # Its resources are free again for placement (before the next listing shows it).
+            with r.lock:
+                r.local = [x for x in r.local if x[3] != local]
+                r.count = max(0, r.count - 1) if r.count else 0
         path = "/".join(parts[:3] + [local] + parts[4:])
         return self._forward(r, method, path, body, timeout)
 
@@ -663,9 +675,18 @@ class ClusterSession(Session):
         if image_nodes and r.tag not in image_nodes:
             self._copy_image(image, image_nodes, r)
         res = body.get("resources") or {}
+        mine = [time.time(), float(res.get("cpu") or 0), float(res.get("memory") or 0), None]
         with r.lock:
-            r.local.append((time.time(), float(res.get("cpu") or 0), float(res.get("memory") or 0)))
-        return self._forward(r, "POST", "/v1/sandboxes", body, timeout).result()
+            r.local.append(mine)
+        try:
+            resp = self._forward(r, "POST", "/v1/sandboxes", body, timeout).result()
+        except BaseException:
+            with r.lock:
+                if mine in r.local:
+                    r.local.remove(mine)
+            raise
+        mine[3] = split_id(resp["sandbox"]["sandbox_id"])[1]
+        return resp
 
     # -- snapshots and images across nodes -------------------------------------------
     def _copy_snapshot(self, src_tag: str, snap_id: str, dst: _Runner) -> None:
