@@ -209,6 +209,22 @@ def test_placement_honours_runner_ids_and_tier(env):
     assert set(where.info()["runners"]) == {env.tags["head"]}
     where.delete()
 
+    # A profile only one runner has: the function's pool goes there only.
+    small = _runner(env, env.tags["small"])
+    from sandlot.function import create_profile
+
+    create_profile("only-small", env={"WHO": "small"}, session=sandlot.Session(small["url"], env.sess.token))
+
+    @env.sess.function(profile_names=["only-small"])
+    def who(_):
+        import os as o
+
+        return o.environ.get("WHO")
+
+    assert [r.result(timeout=60) for r in who.map([(i,) for i in range(20)])] == ["small"] * 20
+    assert set(who.info()["runners"]) == {env.tags["small"]}
+    who.delete()
+
 
 def test_map_across_nodes_in_order_and_remote_spreads(env):
     @env.sess.function(max_workers=1)

@@ -135,7 +135,9 @@ class ClusterFunction:
                 p = self.pools.get(key)
                 if p is None:
                     p = self.pools[key] = _Pool(r, self._clone(r))
-                if not p.ready:
+                # A runner that refused the registration (a profile it lacks,
+                # bad options) is not asked again until it restarts.
+                if not p.ready and not isinstance(p.error, (errors.NotFoundError, errors.InvalidArgumentError)):
                     todo.append(p)
         if todo:
             futs = [(p, self.core.pool.submit(p.fn._ensure)) for p in todo]
