@@ -314,7 +314,9 @@ def test_runner_killed_with_sigkill_comes_back(env):
 
 def test_node_lost_mid_map_fails_or_reruns(env):
     tag = env.tags["small"]
-    small_ip = _runner(env, tag)["ip"]
+    small = _runner(env, tag)
+    small_ip = small["ip"]
+    small_cgroup = Path(f"/proc/{small['pid']}/cgroup").read_text()
 
     def slow(x):
         import time as t
@@ -344,6 +346,11 @@ def test_node_lost_mid_map_fails_or_reruns(env):
     assert [r.result(timeout=120) for r in refs_safe] == [-i for i in range(len(items))]
     with pytest.raises(sandlot.NodeLostError):
         sb.wait(timeout=60)
+    # The node's runner went down with it, cleanly: no sandbox dir, no cgroup left.
+    _wait(lambda: not _alive(small["pid"]), 30, "the lost node's runner to exit")
+    sdir = Path(small["state_dir"]) / "sandboxes"
+    assert not sdir.exists() or not any(sdir.iterdir())
+    assert not [d for d in _cgroup_dirs(small_cgroup, sb.sandbox_id.split(".", 1)[1]) if d.exists()]
     assert tag not in {r["tag"] for r in env.sess.runners}
     with pytest.raises(sandlot.PlacementError):
         sandlot.Sandbox.create(["true"], session=env.sess.placement(runner_ids=[tag]))
