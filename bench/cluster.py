@@ -75,6 +75,7 @@ def main() -> int:
     except ImportError:
         print('ray is not installed: pip install "sandlot[ray]"')
         return 2
+    load0 = open("/proc/loadavg").read().strip()
     node = dict(num_cpus=1, object_store_memory=100 << 20, include_dashboard=False)
     single = start_runner()
     cluster = Cluster(initialize_head=True, head_node_args=node)
@@ -102,7 +103,7 @@ def main() -> int:
             for k, s in sides.items():
                 lat[k] += create_latency(s, per)
                 maps[k].append(map_seconds(fns[k], args.n))
-        print(f"load before: {open('/proc/loadavg').read().strip()}")
+        print(f"loadavg at start: {load0}")
         for k in sides:
             p50 = statistics.median(lat[k])
             p90 = sorted(lat[k])[int(0.9 * (len(lat[k]) - 1))]
@@ -113,7 +114,7 @@ def main() -> int:
         cm, sm = statistics.median(maps["cluster"]), statistics.median(maps["one runner"])
         print(f"ratios: create latency cluster/one = {c50 / s50:.2f}x (target <= 1.5x); "
               f"map throughput cluster/one = {sm / cm:.2f}x (target >= 0.8x)")
-        print(f"load after: {open('/proc/loadavg').read().strip()}")
+        print(f"loadavg at end: {open('/proc/loadavg').read().strip()}")
         for f in fns.values():
             f.delete()
     finally:
