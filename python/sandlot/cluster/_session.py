@@ -161,11 +161,13 @@ class _Runner:
         self.lost: errors.NodeLostError | None = None
         self.lock = threading.Lock()
         self.inflight: set[tuple[Any, Callable[..., bool]]] = set()
-        self.count = 0
-        self.used_cpu = 0.0
-        self.used_mem = 0.0
-        # [time, cpu, memory MiB, local sandbox id] of creates the last listing may not show yet
+        # What runs there, as placement counts it: the last listing ({id: (cpu,
+        # MiB)}, running ones), plus this client's creates the listing may not
+        # show yet ([done time or None, cpu, MiB, id]), minus the sandboxes it
+        # terminated since ({id: time}).
+        self.listed: dict[str, tuple[float, float]] = {}
         self.local: list[list[Any]] = []
+        self.gone: dict[str, float] = {}
         self.calls = 0  # function calls / map items this client has outstanding here
 
     def matches(self, name: str) -> bool:
@@ -179,15 +181,32 @@ class _Runner:
     def mem_total(self) -> float:
         return float(self.resources.get("memory", 0.0)) / (1 << 20)
 
+    def _boxes(self) -> list[tuple[float, float]]:
+        out = [v for k, v in self.listed.items() if k not in self.gone]
+        out += [(x[1], x[2]) for x in self.local if x[3] not in self.listed and x[3] not in self.gone]
+        return out
+
     def load(self) -> int:
         with self.lock:
-            return self.count + len(self.local)
+            return len(self._boxes())
 
     def free(self) -> tuple[float, float]:
         with self.lock:
-            cpu = self.cpu_total - self.used_cpu - sum(x[1] for x in self.local)
-            mem = self.mem_total - self.used_mem - sum(x[2] for x in self.local)
-        return cpu, mem
+            boxes = self._boxes()
+        return (self.cpu_total - sum(b[0] for b in boxes), self.mem_total - sum(b[1] for b in boxes))
+
+    def listing(self, boxes: list[dict[str, Any]], sent: float) -> None:
+        """Take a listing sent at ``sent`` (time.time()) as the new truth."""
+        listed = {}
+        for b in boxes:
+            if b.get("status") == "running":
+                res = b.get("resources") or {}
+                listed[str(b.get("sandbox_id"))] = (float(res.get("cpu") or 0), float(res.get("memory") or 0))
+        with self.lock:
+            self.listed = listed
+            # Creates answered before the listing was asked for are in it (or ended).
+            self.local = [x for x in self.local if x[0] is None or x[0] >= sent]
+            self.gone = {k: t for k, t in self.gone.items() if t >= sent}
 
     def describe(self) -> str:
         cpu, mem = self.free()
@@ -304,12 +323,7 @@ class _Core:
                 boxes = ref.result()["sandboxes"]
             except errors.SandboxError:
                 continue
-            running = [b for b in boxes if b.get("status") == "running"]
-            cpu = sum(float((b.get("resources") or {}).get("cpu") or 0) for b in running)
-            mem = sum(float((b.get("resources") or {}).get("memory") or 0) for b in running)
-            with r.lock:
-                r.count, r.used_cpu, r.used_mem = len(running), cpu, mem
-                r.local = [x for x in r.local if x[0] >= t0]
+            r.listing(boxes, t0)
 
     def mark_lost(self, r: _Runner, why: str) -> None:
         with r.lock:
@@ -549,8 +563,10 @@ class ClusterSession(Session):
         self._core.pool.submit(run)
         return p.ref
 
-    def _forward(self, r: _Runner, method: str, path: str, body: Any, timeout: float | None) -> Any:
-        """Send to runner r; the ref fails with NodeLostError if r is lost meanwhile."""
+    def _forward(self, r: _Runner, method: str, path: str, body: Any, timeout: float | None,
+                 after: Callable[[BaseException | None], None] | None = None) -> Any:
+        """Send to runner r; the ref fails with NodeLostError if r is lost meanwhile.
+        ``after(exc or None)`` runs once the runner answered, before the ref completes."""
         if r.lost is not None:
             raise r.lost
         inner = r.session.request(method, path, body, timeout=timeout)
@@ -567,8 +583,12 @@ class ClusterSession(Session):
             try:
                 value = ref.result()
             except BaseException as exc:  # noqa: BLE001 - handed on
+                if after is not None:
+                    after(exc)
                 settle(exc=_convert(r, exc, core))
                 return
+            if after is not None:
+                after(None)
             settle(tag_ids(value))
 
         inner.add_done_callback(done)
@@ -581,13 +601,21 @@ class ClusterSession(Session):
                 f"{parts[3]!r} is not a cluster id: ids made through a cluster session start with their "
                 "runner's tag, e.g. 'n-3f2a9c1e0b7d.sb-0123456789abcdef'", code="not_found", status=404)
         r = self._core.runner(tag)
+        after = None
         if parts[2] == "sandboxes" and parts[4:] == ["terminate"]:
             # Its resources are free again for placement (before the next listing shows it).
             with r.lock:
-                r.local = [x for x in r.local if x[3] != local]
-                r.count = max(0, r.count - 1) if r.count else 0
+                r.gone[local] = float("inf")  # until answered; then from that time
+
+            def after(exc: BaseException | None) -> None:
+                with r.lock:
+                    if exc is None or isinstance(exc, errors.NotFoundError):
+                        r.gone[local] = time.time()
+                    else:
+                        r.gone.pop(local, None)
+
         path = "/".join(parts[:3] + [local] + parts[4:])
-        return self._forward(r, method, path, body, timeout)
+        return self._forward(r, method, path, body, timeout, after)
 
     def _health(self) -> dict[str, Any]:
         runners = self._core.live()
@@ -675,7 +703,7 @@ class ClusterSession(Session):
         if image_nodes and r.tag not in image_nodes:
             self._copy_image(image, image_nodes, r)
         res = body.get("resources") or {}
-        mine = [time.time(), float(res.get("cpu") or 0), float(res.get("memory") or 0), None]
+        mine = [None, float(res.get("cpu") or 0), float(res.get("memory") or 0), None]
         with r.lock:
             r.local.append(mine)
         try:
@@ -685,7 +713,9 @@ class ClusterSession(Session):
                 if mine in r.local:
                     r.local.remove(mine)
             raise
-        mine[3] = split_id(resp["sandbox"]["sandbox_id"])[1]
+        with r.lock:
+            mine[3] = split_id(resp["sandbox"]["sandbox_id"])[1]
+            mine[0] = time.time()
         return resp
 
     # -- snapshots and images across nodes -------------------------------------------
