@@ -272,6 +272,11 @@ def test_lookup_and_ps_from_another_process(env):
                             timeout=90, env=child_env)
         assert ps.returncode == 0, ps.stderr[-2000:]
         assert sb.sandbox_id in ps.stdout.split()
+        st = subprocess.run([sys.executable, "-m", "sandlot", "cluster", "status"], capture_output=True, text=True,
+                            timeout=90, env=child_env)
+        assert st.returncode == 0, st.stderr[-2000:]
+        lines = st.stdout.strip().splitlines()
+        assert len(lines) == 4 and {ln.split()[0] for ln in lines[1:]} == set(env.tags.values())
     finally:
         sb.terminate()
 
