@@ -278,6 +278,7 @@ class SandlotSupervisor:
         self.runner_args = list(runner_args or [])
         self.period = period
         self._lock = threading.Lock()
+        self._pass_lock = threading.Lock()
         self._runners: dict[str, dict[str, Any]] = {}
         self._actors: dict[str, Any] = {}
         self._stopping = False
@@ -309,6 +310,10 @@ class SandlotSupervisor:
             time.sleep(self.period)
 
     def _pass(self) -> None:
+        with self._pass_lock:
+            self._pass_locked()
+
+    def _pass_locked(self) -> None:
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         pending = {}
         for nid in alive:

@@ -237,8 +237,14 @@ class _Core:
         self.ray = ray
         self.actors = _actors
         if not ray.is_initialized():
-            ray.init(address=address, namespace=_actors.NAMESPACE, logging_level=logging.WARNING,
-                     log_to_driver=False)
+            try:
+                ray.init(address=address, namespace=_actors.NAMESPACE, logging_level=logging.WARNING,
+                         log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise errors.RunnerUnavailableError(
+                    f"cannot connect to the Ray cluster at {address!r}: {exc}; start one with `ray start --head` "
+                    "(docs/cluster.md) or set RAY_ADDRESS / SANDLOT_URL=ray://host:port", code="unavailable"
+                ) from None
         self.address = address
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -254,6 +260,7 @@ class _Core:
         if token is not None and token != self.token:
             log.warning("this cluster already has a sandlot token; the one given was ignored")
         self.lock = threading.Lock()
+        self.refresh_lock = threading.Lock()
         self.runners: dict[str, _Runner] = {}
         self.dead: dict[str, _Runner] = {}
         self.pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="sandlot-cluster")
@@ -283,6 +290,10 @@ class _Core:
 
     # -- registry and load --------------------------------------------------------
     def refresh(self, poke: bool = False) -> None:
+        with self.refresh_lock:
+            self._refresh(poke)
+
+    def _refresh(self, poke: bool) -> None:
         ray = self.ray
         entries = ray.get(self.sup.poke.remote() if poke else self.sup.runners.remote(), timeout=30)
         nodes = {n["NodeID"]: n for n in ray.nodes()}
