@@ -304,6 +304,8 @@ def test_runner_killed_with_sigkill_comes_back(env):
     sb = sandlot.Sandbox.create(["sleep", "60"], session=env.sess.placement(runner_ids=[tag]))
     local = sb.sandbox_id.split(".", 1)[1]
     env.created.append(local)
+    cgroup = Path(f"/proc/{before['pid']}/cgroup").read_text()
+    assert any(d.is_dir() for d in _cgroup_dirs(cgroup, local))
     os.kill(before["pid"], signal.SIGKILL)
     after = _wait(lambda: next((r for r in env.sess.runners if r["tag"] == tag
                                 and r["runner_id"] != before["runner_id"]), None), 90, "the runner to come back")
@@ -312,6 +314,7 @@ def test_runner_killed_with_sigkill_comes_back(env):
     with pytest.raises((sandlot.NotFoundError, sandlot.NodeLostError)):
         sb.exec(["true"])
     assert not (Path(before["state_dir"]) / "sandboxes" / local).exists()
+    assert not [d for d in _cgroup_dirs(cgroup, local) if d.exists()]  # removed by the restarted actor
     fresh = sandlot.Sandbox.create(["sleep", "60"], session=env.sess.placement(runner_ids=[tag]))
     assert fresh.exec(["true"]).wait(timeout=30) == 0
     fresh.terminate()
