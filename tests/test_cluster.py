@@ -298,6 +298,21 @@ def test_snapshot_restores_on_another_node_by_copy(env):
         dst.terminate()
 
 
+def test_named_image_built_on_one_node_starts_on_another(env):
+    on_head = env.sess.placement(runner_ids=[env.tags["head"]])
+    img = sandlot.Image.host().run_commands("echo built-here > /etc/built").register("cluster-img", session=on_head)
+    names = {i["name"]: i for i in on_head.request("GET", "/v1/images").result()["images"]}
+    assert names["cluster-img"]["nodes"] == [env.tags["head"]]  # recorded where it lives
+    sb = sandlot.Sandbox.create(["sleep", "60"], image=img, session=env.sess.placement(runner_ids=[env.tags["big"]]))
+    try:
+        assert _tag(sb.sandbox_id) == env.tags["big"]
+        assert sb.read_file("/etc/built") == b"built-here\n"
+    finally:
+        sb.terminate()
+    names = {i["name"]: i for i in env.sess.request("GET", "/v1/images").result()["images"]}
+    assert sorted(names["cluster-img"]["nodes"]) == sorted([env.tags["head"], env.tags["big"]])
+
+
 def test_runner_killed_with_sigkill_comes_back(env):
     tag = env.tags["big"]
     before = _runner(env, tag)

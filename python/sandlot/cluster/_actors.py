@@ -247,6 +247,16 @@ class SandlotNode:
             raise RuntimeError(f"cannot pack snapshot {snapshot_id}: {out.stderr.decode(errors='replace')}")
         return out.stdout
 
+    def image_snapshot(self, name: str) -> str | None:
+        """The snapshot a named image was registered from (its ``snapshot`` file), or None."""
+        if "/" in name or name in (".", ".."):
+            return None
+        try:
+            sid = (self.state_dir / "images" / name / "snapshot").read_text().strip()
+        except OSError:
+            return None
+        return sid if sid.startswith("sn-") and "/" not in sid else None
+
     def import_snapshot(self, snapshot_id: str, data: bytes) -> bool:
         """Unpack a snapshot exported by another node into this runner's state dir."""
         dst = self.state_dir / "snapshots"

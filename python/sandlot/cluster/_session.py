@@ -764,9 +764,8 @@ class ClusterSession(Session):
     def _copy_image(self, name: str, nodes: list[str], dst: _Runner) -> None:
         """A named image from a snapshot: copy the snapshot to dst and register the name there."""
         src = self._core.runner(nodes[0])
-        images = src.session.request("GET", "/v1/images", timeout=30.0).result()["images"]
-        entry = next((i for i in images if i.get("name") == name), None)
-        sid = entry.get("snapshot_id") if entry else None
+        # The runner lists names only; the alias's target is in its state dir.
+        sid = self._core.ray.get(self._core.actor_of(src).image_snapshot.remote(name), timeout=60)
         if not sid:
             raise errors.PlacementError(
                 f"image {name!r} is on nodes {', '.join(nodes)} only and is not a snapshot, so it cannot be "
