@@ -252,6 +252,11 @@ class _Core:
                      if n.get("Alive") and "node:__internal_head__" in (n.get("Resources") or {})), None)
         # On the head if it can (it goes down last); anywhere else if it cannot.
         where = NodeAffinitySchedulingStrategy(head, soft=True) if head else "DEFAULT"
+        try:
+            ray.get_actor(_actors.SUPERVISOR, namespace=_actors.NAMESPACE)
+            existed = True
+        except ValueError:
+            existed = False
         self.sup = _actors.SandlotSupervisorActor.options(
             name=_actors.SUPERVISOR, namespace=_actors.NAMESPACE, lifetime="detached", get_if_exists=True,
             max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=8, scheduling_strategy=where,
@@ -273,7 +278,10 @@ class _Core:
             self.refresh(poke=True)
             alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
             have = {r.node_id for r in self.runners.values()}
-            if alive <= have or time.monotonic() > deadline:
+            # A new cluster: wait for every node's runner. One that has run
+            # for a while: the runners there are enough (a node that cannot
+            # start one must not hold up every client).
+            if alive <= have or (existed and have) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         if not self.runners:
