@@ -14,7 +14,6 @@ is bounded. Skipped, with the reason, only if Ray cannot start here.
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import subprocess

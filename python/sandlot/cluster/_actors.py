@@ -27,7 +27,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tarfile
 import threading
 import time
 from pathlib import Path
