@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,7 @@ class Env:
     tags: dict[str, str]  # role -> runner tag
     nodes: dict[str, object]
     created: list[str]
+    client_port: int
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,11 @@ def env(tmp_path_factory):
     own: set[int] = set()
     try:
         try:
-            e.cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, **NODE_ARGS))
+            with socket.socket() as so:  # a free port for the Ray Client server
+                so.bind(("127.0.0.1", 0))
+                e.client_port = so.getsockname()[1]
+            e.cluster = Cluster(initialize_head=True, head_node_args=dict(
+                num_cpus=1, ray_client_server_port=e.client_port, **NODE_ARGS))
             e.nodes = {
                 "small": e.cluster.add_node(num_cpus=1, resources={"sandlot-tier-vm": 1}, **NODE_ARGS),
                 "big": e.cluster.add_node(num_cpus=3, **NODE_ARGS),
@@ -252,10 +258,13 @@ def test_map_across_nodes_in_order_and_remote_spreads(env):
     nap.delete()
 
 
-def test_lookup_and_ps_from_another_process(env):
+def test_lookup_through_ray_client_and_ps_from_other_processes(env):
     sb = sandlot.Sandbox.create("echo ready; sleep 60", session=env.sess)
     try:
         child_env = {**os.environ, "RAY_ADDRESS": env.cluster.address, "SANDLOT_URL": "ray"}
+        # The lookup goes through Ray Client (ray://), as from another machine.
+        client_env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+                      "SANDLOT_URL": f"ray://127.0.0.1:{env.client_port}"}
         code = (
             "import sys, sandlot\n"
             "sb = sandlot.Sandbox.lookup(sys.argv[1])\n"
@@ -264,7 +273,7 @@ def test_lookup_and_ps_from_another_process(env):
             "print(p.stdout.read().strip())\n"
         )
         out = subprocess.run([sys.executable, "-c", code, sb.sandbox_id], capture_output=True, text=True,
-                             timeout=90, env=child_env)
+                             timeout=90, env=client_env)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip().splitlines()[-1].startswith("from-")
         ps = subprocess.run([sys.executable, "-m", "sandlot", "ps", "-q"], capture_output=True, text=True,
