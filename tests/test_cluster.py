@@ -343,7 +343,7 @@ def test_runner_killed_with_sigkill_comes_back(env):
     fresh.terminate()
 
 
-def test_node_lost_mid_map_fails_or_reruns(env):
+def test_node_lost_mid_map_and_remote_fails_or_reruns(env):
     tag = env.tags["small"]
     small = _runner(env, tag)
     small_ip = small["ip"]
@@ -355,10 +355,21 @@ def test_node_lost_mid_map_fails_or_reruns(env):
         t.sleep(0.05)
         return -x
 
+    def long(x):
+        import time as t
+
+        t.sleep(6)
+        return x
+
     plain = env.sess.function(slow, max_workers=1)
     safe = env.sess.function(slow, max_workers=1, retries=2)
     items = [(i,) for i in range(240)]
     sb = sandlot.Sandbox.create(["sleep", "120"], session=env.sess.placement(runner_ids=[tag]))
+    # remote(): least busy first, so two of each six land on every node, small included.
+    long_plain = env.sess.function(long, max_workers=2)
+    long_safe = env.sess.function(long, max_workers=2, retries=1)
+    rem_plain = [long_plain.remote(i) for i in range(6)]
+    rem_safe = [long_safe.remote(i) for i in range(6)]
     refs_plain = plain.map(items, chunksize=10)
     refs_safe = safe.map(items, chunksize=10)
     _wait(lambda: sum(r.done() for r in refs_plain) >= 10, 90, "the first results")
@@ -375,6 +386,16 @@ def test_node_lost_mid_map_fails_or_reruns(env):
     assert lost, "some chunks ran on the removed node"
     assert all(out_plain[i] == -i for i in range(len(items)) if i not in lost)
     assert [r.result(timeout=120) for r in refs_safe] == [-i for i in range(len(items))]
+    out_rem = []
+    for r in rem_plain:
+        try:
+            out_rem.append(r.result(timeout=120))
+        except sandlot.NodeLostError as exc:
+            assert exc.runner == tag
+            out_rem.append(None)
+    assert out_rem.count(None) == 2 and [v for v in out_rem if v is not None] == [
+        i for i, v in enumerate(out_rem) if v is not None]
+    assert [r.result(timeout=120) for r in rem_safe] == list(range(6))  # the two on small reran
     with pytest.raises(sandlot.NodeLostError):
         sb.wait(timeout=60)
     # The node's runner went down with it, cleanly: no sandbox dir, no cgroup left.
@@ -388,8 +409,8 @@ def test_node_lost_mid_map_fails_or_reruns(env):
     # A node that joins gets a runner.
     env.nodes["late"] = env.cluster.add_node(num_cpus=1, **NODE_ARGS)
     _wait(lambda: len(env.sess.runners) == 3, 90, "a runner on the new node")
-    plain.delete()
-    safe.delete()
+    for f in (plain, safe, long_plain, long_safe):
+        f.delete()
 
 
 def _cgroup_dirs(cgroup_file: str, local: str) -> list[Path]:
