@@ -14,6 +14,7 @@ is bounded. Skipped, with the reason, only if Ray cannot start here.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import socket
@@ -254,6 +255,11 @@ def test_map_across_nodes_in_order_and_remote_spreads(env):
     assert [r.result(timeout=120) for r in refs] == list(range(6))
     # Least busy first: six concurrent calls, three pools, two each.
     assert sorted(v["calls"] for v in nap.info()["runners"].values()) == [2, 2, 2]
+    ref = nap.remote(99)
+    assert ref.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        ref.result(timeout=30)
+    assert nap.remote(7).result(timeout=60) == 7
     square.delete()
     nap.delete()
 

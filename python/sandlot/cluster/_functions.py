@@ -28,7 +28,7 @@ import secrets
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .. import _core, errors
+from .. import errors
 from .._calls import _Chunk, _collector, _submitted
 from ._session import _convert, relay
 
@@ -166,8 +166,16 @@ class ClusterFunction:
     # -- remote ----------------------------------------------------------------------
     def remote(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         payload = self.rf._encode(args, kwargs)
-        p, settle = relay(f"/cluster/functions/{self.rf.__name__}/call")
-        self._submit(payload, settle, p, self.rf.retries, set())
+        current: list[Any] = []  # the request of the latest attempt
+
+        def cancel() -> None:
+            # Cancelling the ref cancels the call where it runs (dropped if
+            # queued, its worker replaced if running), as on one runner.
+            if current:
+                current[-1].cancel()
+
+        p, settle = relay(f"/cluster/functions/{self.rf.__name__}/call", cancel)
+        self._submit(payload, settle, p, self.rf.retries, set(), current)
         return p.ref
 
     def _pick(self, pools: list[_Pool]) -> _Pool:
@@ -177,7 +185,8 @@ class ClusterFunction:
         n = len(pools)
         return min(pools, key=lambda p: (p.runner.calls, (pools.index(p) - t) % n))
 
-    def _submit(self, payload: bytes, settle: Any, outer: Any, tries: int, exclude: set[str]) -> None:
+    def _submit(self, payload: bytes, settle: Any, outer: Any, tries: int, exclude: set[str],
+                current: list[Any]) -> None:
         try:
             pool = self._pick(self.pools_ready(exclude))
         except BaseException as exc:  # noqa: BLE001 - handed to the ref
@@ -187,6 +196,9 @@ class ClusterFunction:
         sess, fid = pool.fn._ensure()
         inner = sess._client.request("POST", f"/v1/functions/{fid}/call", {"args": payload}, timeout=None,
                                      transform=pool.fn._remote_done)
+        current.append(inner)
+        if outer.done():  # cancelled meanwhile
+            inner.cancel()
         with r.lock:
             r.calls += 1
         lost_entry: list[Any] = []
@@ -224,7 +236,7 @@ class ClusterFunction:
             if isinstance(exc, errors.NodeLostError):
                 if tries > 0:
                     log.info("rerunning a call of %s elsewhere: %s", self.rf.__name__, exc)
-                    self._submit(payload, settle, outer, tries - 1, exclude | {r.tag})
+                    self._submit(payload, settle, outer, tries - 1, exclude | {r.tag}, current)
                     return
             settle(value, exc)
 
@@ -337,5 +349,3 @@ class ClusterFunction:
     def function_id(self) -> str:
         return ",".join(f"{p.runner.tag}.{p.fn.function_id}" for p in self.pools_ready())
 
-
-_ = _core  # the C core is what the pools' sessions use
