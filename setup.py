@@ -89,6 +89,6 @@ setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildWithBinaries},
     package_dir={"": "python"},
-    packages=["sandlot"],
+    packages=["sandlot", "sandlot.cluster"],
     package_data={"sandlot": ["py.typed", "*.pyi", "_bin/*"]},
 )

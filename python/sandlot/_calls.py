@@ -69,7 +69,7 @@ class _Collector:
         for cid in ids:
             with self._cv:
                 p = self._pending.pop(cid, None)
-            if type(p) is _Chunk:
+            if isinstance(p, _Chunk):  # _Chunk or a cluster chunk
                 p.fail(status, code, message)
             elif p is not None:
                 p.complete(status, body)
@@ -88,6 +88,14 @@ class _Collector:
                     "POST", f"/v1/channels/{self.channel}/wait", {"timeout": 25.0, "max": 65536}, timeout=60.0
                 ).result()
                 failures = 0
+            except RuntimeError as exc:
+                # The session was closed: nothing will answer these calls.
+                with self._cv:
+                    ids = list(self._pending)
+                self.fail(ids, 0, "closed", f"the session was closed: {exc}")
+                with self._cv:
+                    self._thread = None
+                return
             except errors.SandboxError as exc:
                 failures += 1
                 if failures >= 5 or isinstance(exc, errors.NotFoundError):
@@ -110,7 +118,7 @@ class _Collector:
                 pop = self._pending.pop
                 found = [(pop(rec["call_id"], None), rec) for rec in calls]
             for p, rec in found:
-                if type(p) is _Chunk:
+                if isinstance(p, _Chunk):  # _Chunk or a cluster chunk
                     p.done(rec)
                 elif p is not None:
                     p.complete(200, _core.packb(rec))

@@ -96,6 +96,8 @@ class _MapMixin:
         n = len(items)
         if n == 0:
             return []
+        if self._sess()._cluster:
+            return self._sess()._functions(self).map(items, kws, chunksize)  # type: ignore[attr-defined]
         cs = self._chunksize(n, chunksize)
         if cs <= 1:
             self._direct.release()  # every item through the runner: it wants every worker

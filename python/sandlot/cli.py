@@ -11,6 +11,7 @@ Usage::
     sandlot kill ID...            # terminate sandboxes
     sandlot snapshot ls|rm ID...  # list / delete snapshots (also: image, volume)
     sandlot image pull REF | du | prune   # registry images: pull, disk usage, drop unused layers
+    sandlot cluster status|stop   # the runners of a Ray cluster (SANDLOT_URL=ray, docs/cluster.md)
 
 ``python -m sandlot`` does the same. The runner is found like the library finds
 it: ``SANDLOT_URL`` / ``SANDLOT_TOKEN``, else the embedded default.
@@ -32,7 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-from . import __version__, _cli_data, _cli_fn
+from . import __version__, _cli_cluster, _cli_data, _cli_fn
 from ._runtime import read_pid, stop_runner
 from .errors import NotFoundError, RunnerUnavailableError, SandboxError
 from .process import InputStream, OutputStream
@@ -322,6 +323,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _cli_data.add_commands(sub, _session, _out, _err, _age)
     _cli_fn.add_commands(sub, _session, _out, _err, _age)
+    _cli_cluster.add_commands(sub, _out, _err)
     return p
 
 

@@ -33,6 +33,8 @@ __all__ = [
     "AuthenticationError",
     "RequestTimeoutError",
     "ImagePullError",
+    "NodeLostError",
+    "PlacementError",
     "error_from_response",
 ]
 
@@ -142,6 +144,51 @@ class ImagePullError(SandboxError):
     default_code = "pull_failed"
 
 
+class NodeLostError(RunnerUnavailableError):
+    """A cluster node (or the sandlot runner on it) was lost: the sandboxes
+    there have ended and the calls running there failed.
+
+    Raised only through a cluster session (``Session(cluster="ray")``, see
+    docs/cluster.md). Create the sandbox again (it lands on a live node), or
+    let remote functions rerun elsewhere with ``function(retries=N)``.
+
+    Attributes:
+        node_id: the Ray node id of the lost node ("" if unknown).
+        node_ip: its address ("" if unknown).
+        runner: the cluster's name for its runner, e.g. ``"n-3f2a9c1e0b7d"``.
+
+    Example:
+        >>> e = NodeLostError("node 10.0.0.7 lost", node_id="ab12", node_ip="10.0.0.7", runner="n-ab12")
+        >>> (e.code, e.node_ip, isinstance(e, SandboxError))
+        ('node_lost', '10.0.0.7', True)
+    """
+
+    default_code = "node_lost"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int = 0, node_id: str = "",
+                 node_ip: str = "", runner: str = "") -> None:
+        super().__init__(message, code=code, status=status)
+        self.node_id = node_id
+        self.node_ip = node_ip
+        self.runner = runner
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_node_lost, (self.message, self.code, self.status, self.node_id, self.node_ip, self.runner))
+
+
+def _rebuild_node_lost(message: str, code: str, status: int, node_id: str, node_ip: str, runner: str) -> NodeLostError:
+    return NodeLostError(message, code=code, status=status, node_id=node_id, node_ip=node_ip, runner=runner)
+
+
+class PlacementError(SandboxError):
+    """No node of the cluster can take the sandbox or function: none offers the
+    requested ``resources`` free, or none matches ``runner_ids``, the profiles
+    or the isolation tier. The message lists what each node has; free
+    resources (terminate sandboxes), add nodes, or ask for less."""
+
+    default_code = "unschedulable"
+
+
 _BY_CODE: dict[str, type[SandboxError]] = {
     "not_found": NotFoundError,
     "bad_request": InvalidArgumentError,
@@ -153,6 +200,8 @@ _BY_CODE: dict[str, type[SandboxError]] = {
     "unavailable": RunnerUnavailableError,
     "unauthorized": AuthenticationError,
     "timeout": RequestTimeoutError,
+    "node_lost": NodeLostError,
+    "unschedulable": PlacementError,
 }
 
 _UNAVAILABLE_HINT = "start one with `sandlot runner start` or check SANDLOT_URL"

@@ -311,7 +311,11 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
     Pool options (keyword-only extras): ``max_workers`` (default
     ``min(nproc, 4)``), ``min_workers`` (kept warm, default 0),
     ``idle_timeout`` (seconds before an idle worker is reaped, default 60),
-    ``fresh_sandbox`` (a new sandbox per call, for untrusted code).
+    ``fresh_sandbox`` (a new sandbox per call, for untrusted code),
+    ``retries`` (cluster sessions only: how many times a call, or a map
+    chunk, whose node is lost is run again on another node; default 0, the
+    call fails with :class:`sandlot.NodeLostError`. Only for functions that
+    may run more than once).
     """
 
     def __init__(
@@ -337,6 +341,7 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
         min_workers: int = 0,
         idle_timeout: float | None = None,
         fresh_sandbox: bool = False,
+        retries: int = 0,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"RemoteFunction needs a callable, got {type(fn).__name__}")
@@ -361,6 +366,8 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
             raise ValueError(f"max_timeout_seconds must be a positive number, got {max_timeout_seconds!r}")
         if max_workers is not None and (not isinstance(max_workers, int) or not 1 <= max_workers <= 256):
             raise ValueError(f"max_workers must be an int in [1, 256], got {max_workers!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise ValueError(f"retries must be an int in [0, 100], got {retries!r}")
         if not isinstance(min_workers, int) or min_workers < 0:
             raise ValueError(f"min_workers must be an int >= 0, got {min_workers!r}")
         self._fn = fn
@@ -384,6 +391,7 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
         self.min_workers = min_workers
         self.idle_timeout = idle_timeout
         self.fresh_sandbox = bool(fresh_sandbox)
+        self.retries = retries
         try:
             self._sig: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -510,6 +518,8 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
     @property
     def function_id(self) -> str:
         """The runner's id of this function (registers it on first use)."""
+        if self._sess()._cluster:
+            return self._sess()._functions(self).function_id()  # type: ignore[attr-defined]
         return self._ensure()[1]
 
     def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any], shapes: set[Any] | None = None) -> bytes:
@@ -624,6 +634,9 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
             >>> ref.result()                          # doctest: +SKIP
             5
         """
+        sess = self._sess()
+        if sess._cluster:
+            return sess._functions(self).remote(args, kwargs)  # type: ignore[attr-defined]
         # Call shapes already checked against the signature are not bound
         # again (binding costs more than the rest of a direct call's client side).
         payload = self._encode(args, kwargs, self._shapes if len(self._shapes) < 64 else None)
@@ -658,6 +671,9 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
 
     def delete(self) -> None:
         """Forget the function in the runner: workers stop, queued calls are cancelled."""
+        if self._sess()._cluster:
+            self._sess()._functions(self).delete()  # type: ignore[attr-defined]
+            return
         self._direct.release()
         with self._lock:
             if self._fn_id is not None and self._reg_session is not None:
@@ -669,7 +685,10 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
             self._reg_session = None
 
     def info(self) -> dict[str, Any]:
-        """The runner's view: pool, queue, counters, stored options."""
+        """The runner's view: pool, queue, counters, stored options
+        (through a cluster session: ``{"runners": {tag: view}}``)."""
+        if self._sess()._cluster:
+            return self._sess()._functions(self).info()  # type: ignore[attr-defined]
         sess, fid = self._ensure()
         return sess.request("GET", f"/v1/functions/{fid}").result()["function"]
 

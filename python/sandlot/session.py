@@ -8,6 +8,9 @@ the environment:
 * ``SANDLOT_URL`` - ``unix:///path/to/sandlotd.sock`` or ``http://host:port``
   (a bare absolute path means a unix socket); ``SANDLOT_TOKEN`` - the bearer
   token a TCP runner wants.
+* ``SANDLOT_URL=ray`` (or ``ray://host:port``, ``ray+gcs://host:port``), or
+  ``Session(cluster="ray")``: every runner of a Ray cluster, one per node
+  (``pip install "sandlot[ray]"``; see ``sandlot.cluster`` and docs/cluster.md).
 * neither: the *embedded default*. The client looks for the current user's
   runner in its runtime directory and, if nothing answers ``GET /v1/health``,
   starts ``sandlotd`` itself (see ``sandlot._runtime``). That runner outlives
@@ -72,6 +75,9 @@ class Session:
             when ``base_url`` also came from the environment or is None).
         autostart: for the embedded default only: start the runner if none
             answers (default). False: fail with RunnerUnavailableError instead.
+        cluster: ``"ray"``, ``"ray://host:port"`` or ``"ray+gcs://host:port"``:
+            a :class:`sandlot.cluster.ClusterSession` over a Ray cluster's
+            runners instead (needs ``pip install "sandlot[ray]"``).
 
     A Session is safe to share between threads and asyncio tasks. Use it as a
     context manager, or call :meth:`close`, to cancel in-flight requests.
@@ -82,7 +88,29 @@ class Session:
         Session('unix:///tmp/x/sandlotd.sock')
     """
 
-    def __init__(self, base_url: str | None = None, token: str | None = None, *, autostart: bool = True) -> None:
+    #: True for a :class:`sandlot.cluster.ClusterSession`.
+    _cluster = False
+
+    def __new__(cls, base_url: str | None = None, token: str | None = None, *, autostart: bool = True,
+                cluster: str | None = None, **cluster_options: Any) -> Session:
+        # A cluster URL (argument or $SANDLOT_URL) makes a ClusterSession; its
+        # module imports ray only when one is made.
+        if cls is Session:
+            target = cluster
+            if target is None:
+                url = base_url if base_url is not None else os.environ.get("SANDLOT_URL")
+                if isinstance(url, str) and (url == "ray" or url.startswith(("ray://", "ray+gcs://"))):
+                    target = url
+            if target is not None:
+                from .cluster import ClusterSession
+
+                return object.__new__(ClusterSession)
+            if cluster_options:
+                raise TypeError(f"{', '.join(cluster_options)}: only with cluster=...")
+        return object.__new__(cls)
+
+    def __init__(self, base_url: str | None = None, token: str | None = None, *, autostart: bool = True,
+                 cluster: str | None = None) -> None:
         if token is not None and not isinstance(token, str):
             raise TypeError(f"token must be a str or None, got {type(token).__name__}")
         self._paths: RuntimePaths | None = None
