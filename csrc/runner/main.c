@@ -3,7 +3,7 @@
  *   sandlotd --socket PATH --state-dir DIR [--init PATH] [--listen HOST:PORT]
  *            [--token-file FILE] [--log-file FILE] [--log-level LEVEL]
  *            [--pidfile FILE] [--max-sandboxes N] [--retention SECONDS] [--daemon]
- *            [--net-pool CIDR]
+ *            [--net-pool CIDR] [--pool N]
  *   sandlotd --version
  */
 #include <errno.h>
@@ -25,6 +25,9 @@
 #include "sl_userns.h"
 
 #define DEFAULT_MAX_SANDBOXES 1000
+/* Pre-set-up sandboxes kept ready for default creates (pool.c). */
+#define DEFAULT_POOL 2
+#define MAX_POOL 64
 
 typedef struct opts {
     const char *socket;
@@ -37,6 +40,7 @@ typedef struct opts {
     const char *net_pool;
     enum sl_log_level level;
     size_t max_sandboxes;
+    size_t pool;
     double retention;
     int snap_storage;
     int daemon;
@@ -52,6 +56,8 @@ static void usage(FILE *f)
             "                [--snapshot-storage auto|erofs|dir]\n"
             "                [--net-pool CIDR]   (sandbox addresses, default " SL_NET_POOL_DEFAULT
             ")\n"
+            "                [--pool N]   (pre-set-up sandboxes for default creates, 0..64, "
+            "default 2)\n"
             "       sandlotd --version\n");
 }
 
@@ -103,6 +109,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"snapshot-storage", required_argument, NULL, 'S'},
         {"daemon", no_argument, NULL, 'D'},
         {"net-pool", required_argument, NULL, 'n'},
+        {"pool", required_argument, NULL, 'P'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -110,6 +117,7 @@ static int parse_args(int argc, char **argv, opts *o)
     memset(o, 0, sizeof(*o));
     o->level = SL_LOG_INFO;
     o->max_sandboxes = DEFAULT_MAX_SANDBOXES;
+    o->pool = DEFAULT_POOL;
     o->retention = SL_RETENTION;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -149,6 +157,16 @@ static int parse_args(int argc, char **argv, opts *o)
                 return -1;
             }
             o->max_sandboxes = (size_t)v;
+            break;
+        }
+        case 'P': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end != '\0' || optarg[0] == '\0' || v < 0 || v > MAX_POOL) {
+                fprintf(stderr, "sandlotd: --pool must be 0..%d\n", MAX_POOL);
+                return -1;
+            }
+            o->pool = (size_t)v;
             break;
         }
         case 'r': {
@@ -339,6 +357,8 @@ static void on_sigchld(evutil_socket_t sig, short what, void *arg)
     pid_t pid;
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
         sl_box *b = sl_reg_find_init(rt, pid);
+        if (b != NULL && sl_pool_reaped(rt, b, st))
+            continue; /* a pre-set-up sandbox died before anyone used it */
         if (b != NULL)
             sl_box_init_reaped(b, st);
         else if (!sl_jobs_reaped(rt, pid, st))
@@ -365,6 +385,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
         evhttp_del_accept_socket(rt->http_tcp, rt->bound_tcp);
         rt->bound_tcp = NULL;
     }
+    sl_pool_shutdown(rt);
     sl_lifecycle_shutdown(rt);
     sl_net_shutdown(rt); /* after every sandbox's elements are gone */
     sl_jobs_shutdown(rt);
@@ -385,6 +406,8 @@ static void free_runner(sl_runner *rt)
     free(rt->images_dir);
     free(rt->volumes_dir);
     free(rt->sandboxes_dir);
+    free(rt->buckets);
+    free(rt->pbuckets);
     if (rt->token != NULL) {
         explicit_bzero(rt->token, rt->token_len);
         free(rt->token);
@@ -413,6 +436,7 @@ int main(int argc, char **argv)
     rt->init_memfd = -1;
     rt->lock_fd = -1;
     rt->max_sandboxes = o.max_sandboxes;
+    rt->pool_target = o.pool;
     /* Rootless mode: without root the runner cannot mount, so each sandbox
      * gets a user namespace in which it can (docs/architecture.md). */
     rt->userns = geteuid() != 0;
@@ -503,6 +527,10 @@ int main(int argc, char **argv)
         sl_error("event_base_new failed");
         goto out;
     }
+    if (sl_reg_init(rt) < 0) {
+        sl_error("out of memory");
+        goto out;
+    }
     if (sl_net_init(rt, o.net_pool) < 0)
         goto out;
     const int signums[3] = {SIGINT, SIGTERM, SIGCHLD};
@@ -516,6 +544,10 @@ int main(int argc, char **argv)
     }
     if (sl_http_start(rt, o.listen) < 0)
         goto out;
+    if (sl_pool_start(rt) < 0) {
+        sl_error("cannot start the sandbox pool (out of memory)");
+        goto out;
+    }
     if (rt->pidfile != NULL) {
         if (write_pidfile(rt->pidfile) < 0)
             goto out;

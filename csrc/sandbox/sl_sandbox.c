@@ -47,6 +47,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -157,13 +158,14 @@ static void describe_status(char *buf, size_t len, int st)
         snprintf(buf, len, "sandlot-init ended before it was ready");
 }
 
-int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf, size_t errlen)
+/* self_attach: the child moves itself into its cgroup (sl_sandbox_spawn_start);
+ * else the parent moves it, in parallel with the child's root set-up. */
+static int spawn_start(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf, size_t errlen,
+                       int self_attach)
 {
     int sv[2] = {-1, -1}, sync[2] = {-1, -1}, pidfd = -1, err = 0;
-    int child_done = 0;
     const struct sock_filter *filter;
     size_t nfilter;
-    char msg[320];
     sigset_t all, old;
     pid_t pid;
 
@@ -173,7 +175,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         return -EINVAL;
     memset(out, 0, sizeof(*out));
     out->init_pid = -1;
-    out->ctl_fd = out->pidfd = -1;
+    out->ctl_fd = out->pidfd = out->sync_fd = -1;
     out->cg.v2_index = out->cg.freezer_index = -1;
     if (!cfg || !valid_id(cfg->id) || !valid_layer_path(cfg->rootfs) ||
         !valid_layer_path(cfg->dir) || cfg->init_memfd < 0 || (cfg->n_binds && !cfg->binds) ||
@@ -245,6 +247,28 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         }
     }
 
+    /* The cgroup (and its limits) exists before the clone, so that a child
+     * that joins it itself (self_attach) finds the paths in its copy of our
+     * memory. Limits before the child joins: nothing it runs is ever
+     * unlimited. */
+    err = -sl_cgroup_create(&out->cg, cfg->id, cfg->limits != NULL && cfg->limits->memory_bytes);
+    if (err) {
+        fmt_err(errbuf, errlen, err, "create cgroup");
+        goto fail_cg;
+    }
+    if (cfg->limits) {
+        const char *what = "cgroup";
+
+        err = -sl_cgroup_set_limits(&out->cg, cfg->limits, &what);
+        if (err) {
+            char m[64];
+
+            snprintf(m, sizeof(m), "set %s limit", what);
+            fmt_err(errbuf, errlen, err, m);
+            goto fail_cg;
+        }
+    }
+
     /* No runner signal handler may run in the child (libevent's would write
      * into the runner's own wakeup pipe); init resets the mask itself. */
     sigfillset(&all);
@@ -261,14 +285,16 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
                        .parent_fds = {sv[0], sync[0]},
                        .emptyfd = -1,
                        .nullfd = -1,
-                       .userns = cfg->userns};
+                       .userns = cfg->userns,
+                       .cg = &out->cg,
+                       .self_attach = self_attach};
         sl__child_main(&c);
     }
     err = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         fmt_err(errbuf, errlen, err, "clone");
-        goto fail_fds;
+        goto fail_cg;
     }
     close(sv[1]);
     close(sync[1]);
@@ -287,25 +313,10 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         }
     }
 
-    err = -sl_cgroup_create(&out->cg, cfg->id, cfg->limits != NULL && cfg->limits->memory_bytes);
-    if (err) {
-        fmt_err(errbuf, errlen, err, "create cgroup");
-        goto fail_child;
-    }
-    /* Limits before the child joins: nothing it runs is ever unlimited. */
-    if (cfg->limits) {
-        const char *what = "cgroup";
-
-        err = -sl_cgroup_set_limits(&out->cg, cfg->limits, &what);
-        if (err) {
-            char m[64];
-
-            snprintf(m, sizeof(m), "set %s limit", what);
-            fmt_err(errbuf, errlen, err, m);
-            goto fail_child;
-        }
-    }
-    err = -sl_cgroup_attach(&out->cg, pid);
+    /* Moving a process between cgroups waits for an RCU grace period (the
+     * cgroup_threadgroup_rwsem write side: 5-15 ms here); a self-attaching
+     * child pays it in its own time, off the caller's. */
+    err = self_attach ? 0 : -sl_cgroup_attach(&out->cg, pid);
     if (err) {
         fmt_err(errbuf, errlen, err, "join cgroup");
         goto fail_child;
@@ -345,22 +356,124 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
         goto fail_child;
     }
 
+    out->init_pid = pid;
+    out->ctl_fd = sv[0];
+    out->pidfd = pidfd;
+    out->sync_fd = sync[0];
+    out->deadline_ms = now_ms() + SPAWN_TIMEOUT_MS;
+    return 0;
+
+fail_child : {
+    if (pidfd >= 0)
+        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    else
+        kill(pid, SIGKILL);
+    reap(pid, NULL);
+}
+    sl_cgroup_destroy(&out->cg);
+    if (out->net_if[0]) {
+        (void)sl_net_link_del(out->net_if);
+        out->net_if[0] = '\0';
+    }
+    goto fail_fds;
+fail_cg:
+    sl_cgroup_destroy(&out->cg);
+fail_fds:
+    if (out->disk_mnt) {
+        umount2(out->disk_mnt, MNT_DETACH);
+        free(out->disk_mnt);
+        out->disk_mnt = NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (sv[i] >= 0)
+            close(sv[i]);
+        if (sync[i] >= 0)
+            close(sync[i]);
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+    return -err;
+}
+
+/* A started spawn failed: kill and reap the child (unless child_done: it
+ * was reaped already), remove its cgroup, veth and disk tmpfs, close the fds. */
+static void spawn_abort(sl_sandbox *out, int child_done)
+{
+    if (!child_done && out->init_pid > 0) {
+        if (out->pidfd >= 0)
+            syscall(SYS_pidfd_send_signal, out->pidfd, SIGKILL, NULL, 0);
+        else
+            kill(out->init_pid, SIGKILL);
+        reap(out->init_pid, NULL);
+    }
+    sl_cgroup_destroy(&out->cg);
+    if (out->net_if[0]) {
+        (void)sl_net_link_del(out->net_if);
+        out->net_if[0] = '\0';
+    }
+    if (out->disk_mnt) {
+        umount2(out->disk_mnt, MNT_DETACH);
+        free(out->disk_mnt);
+        out->disk_mnt = NULL;
+    }
+    if (out->ctl_fd >= 0)
+        close(out->ctl_fd);
+    if (out->sync_fd >= 0)
+        close(out->sync_fd);
+    if (out->pidfd >= 0)
+        close(out->pidfd);
+    out->ctl_fd = out->sync_fd = out->pidfd = -1;
+    out->init_pid = -1;
+}
+
+/* The child runs and builds its root on its own from here on. */
+int sl_sandbox_spawn_finish(sl_sandbox *out, int wait_ms, char *errbuf, size_t errlen)
+{
+    const struct sock_filter *filter;
+    size_t nfilter;
+    int err, child_done = 0;
+    char msg[320];
+
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!out || out->init_pid <= 0 || out->sync_fd < 0)
+        return -EINVAL;
+    err = -sl_seccomp_default(&filter, &nfilter);
+    if (err) {
+        fmt_err(errbuf, errlen, err, "build seccomp profile");
+        goto fail_child;
+    }
+    /* Someone waits now: a pre-set-up child still at nice 19 gets ours. */
+    if (wait_ms != 0) {
+        errno = 0;
+        int prio = getpriority(PRIO_PROCESS, 0);
+
+        if (errno == 0)
+            (void)setpriority(PRIO_PROCESS, (id_t)out->init_pid, prio);
+    }
     /* Wait for the sync socket (data: the child failed; EOF: exec'd) and for
      * READY on the channel (EOF there: init died). */
     {
-        long deadline = now_ms() + SPAWN_TIMEOUT_MS;
-        struct pollfd pfd[2] = {{.fd = sync[0], .events = POLLIN}, {.fd = sv[0], .events = POLLIN}};
+        long until = wait_ms < 0 ? out->deadline_ms : now_ms() + wait_ms;
+        struct pollfd pfd[2] = {{.fd = out->sync_fd, .events = POLLIN},
+                                {.fd = out->ctl_fd, .events = POLLIN}};
 
+        if (until > out->deadline_ms)
+            until = out->deadline_ms;
         for (;;) {
-            long left = deadline - now_ms();
+            long left = until - now_ms();
             int r;
 
-            if (left <= 0) {
+            if (left <= 0 && now_ms() >= out->deadline_ms) {
                 err = ETIMEDOUT;
                 fmt_err(errbuf, errlen, err, "waiting for sandlot-init");
                 goto fail_child;
             }
+            if (left < 0)
+                left = 0;
             r = poll(pfd, 2, (int)left);
+            if (r == 0 && left == 0 && now_ms() < out->deadline_ms)
+                return -EINPROGRESS; /* not READY yet: the caller looks again later */
             if (r < 0 && errno != EINTR) {
                 err = errno;
                 fmt_err(errbuf, errlen, err, "poll");
@@ -370,7 +483,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
                 continue;
             if (pfd[0].revents) {
                 child_err ce;
-                ssize_t n = recv(sync[0], &ce, sizeof(ce), MSG_DONTWAIT);
+                ssize_t n = recv(out->sync_fd, &ce, sizeof(ce), MSG_DONTWAIT);
 
                 if (n == (ssize_t)sizeof(ce)) {
                     ce.msg[sizeof(ce.msg) - 1] = '\0';
@@ -385,7 +498,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
             }
             if (pfd[1].revents) {
                 sl_ctl_hdr hdr;
-                int r2 = sl_ctl_recv(sv[0], &hdr, NULL, 0, NULL, NULL);
+                int r2 = sl_ctl_recv(out->ctl_fd, &hdr, NULL, 0, NULL, NULL);
 
                 if (r2 == -EAGAIN || r2 == -EINTR)
                     continue;
@@ -396,7 +509,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
                     child_err ce;
 
                     if (pfd[0].fd >= 0 &&
-                        recv(sync[0], &ce, sizeof(ce), MSG_DONTWAIT) == (ssize_t)sizeof(ce)) {
+                        recv(out->sync_fd, &ce, sizeof(ce), MSG_DONTWAIT) == (ssize_t)sizeof(ce)) {
                         ce.msg[sizeof(ce.msg) - 1] = '\0';
                         err = ce.err > 0 ? ce.err : EIO;
                         if (errbuf && errlen)
@@ -405,7 +518,7 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
                     }
                     int st;
 
-                    reap(pid, &st);
+                    reap(out->init_pid, &st);
                     child_done = 1;
                     describe_status(msg, sizeof(msg), st);
                     err = ECHILD;
@@ -425,46 +538,33 @@ int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf
     {
         sl_ctl_hdr sh = {.type = SL_CTL_SECCOMP, .id = 0, .arg = (uint32_t)nfilter};
 
-        err = -sl_ctl_send(sv[0], &sh, filter, nfilter * sizeof(*filter), NULL, 0);
+        err = -sl_ctl_send(out->ctl_fd, &sh, filter, nfilter * sizeof(*filter), NULL, 0);
         if (err) {
             fmt_err(errbuf, errlen, err, "send seccomp profile to sandlot-init");
             goto fail_child;
         }
     }
-    close(sync[0]);
-    out->init_pid = pid;
-    out->ctl_fd = sv[0];
-    out->pidfd = pidfd;
+    close(out->sync_fd);
+    out->sync_fd = -1;
     return 0;
 
 fail_child:
-    if (!child_done) {
-        if (pidfd >= 0)
-            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-        else
-            kill(pid, SIGKILL);
-        reap(pid, NULL);
-    }
-    sl_cgroup_destroy(&out->cg);
-    if (out->net_if[0]) {
-        (void)sl_net_link_del(out->net_if);
-        out->net_if[0] = '\0';
-    }
-fail_fds:
-    if (out->disk_mnt) {
-        umount2(out->disk_mnt, MNT_DETACH);
-        free(out->disk_mnt);
-        out->disk_mnt = NULL;
-    }
-    for (int i = 0; i < 2; i++) {
-        if (sv[i] >= 0)
-            close(sv[i]);
-        if (sync[i] >= 0)
-            close(sync[i]);
-    }
-    if (pidfd >= 0)
-        close(pidfd);
+    spawn_abort(out, child_done);
     return -err;
+}
+
+int sl_sandbox_spawn_start(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf,
+                           size_t errlen)
+{
+    /* In a user namespace the child cannot write the host's cgroup files. */
+    return spawn_start(cfg, out, errbuf, errlen, !cfg || !cfg->userns);
+}
+
+int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf, size_t errlen)
+{
+    int r = spawn_start(cfg, out, errbuf, errlen, 0);
+
+    return r < 0 ? r : sl_sandbox_spawn_finish(out, -1, errbuf, errlen);
 }
 
 void sl_sandbox_kill(sl_sandbox *sb)
@@ -503,7 +603,9 @@ void sl_sandbox_release(sl_sandbox *sb)
     /* A zeroed struct has pidfd 0: only trust it when spawn filled it in. */
     if (sb->init_pid > 0 && sb->pidfd >= 0)
         close(sb->pidfd);
-    sb->ctl_fd = sb->pidfd = -1;
+    if (sb->init_pid > 0 && sb->sync_fd >= 0)
+        close(sb->sync_fd);
+    sb->ctl_fd = sb->pidfd = sb->sync_fd = -1;
     sb->init_pid = -1;
 }
 

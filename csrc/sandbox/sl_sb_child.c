@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
@@ -31,7 +32,7 @@ __attribute__((noreturn)) void sl__child_main(child_ctx *c)
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
     char go;
     ssize_t n;
-    int fd;
+    int fd, nice0;
 
     /* If the runner dies, so does the sandbox (this survives the exec). */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -48,6 +49,17 @@ __attribute__((noreturn)) void sl__child_main(child_ctx *c)
     if (c->ctlfd < 0 || c->memfd < 0)
         sl__child_die(c, errno, "dup");
 
+    /* A self-attaching child is a pre-set-up sandbox nobody waits for yet:
+     * it builds its root at the lowest priority, so it takes CPU from no
+     * running sandbox (nice, not SCHED_IDLE: it holds mount and cgroup locks
+     * others wait for, and must still make progress). sl_sandbox_spawn_finish
+     * raises it again when a caller does wait; init runs at ours. */
+    errno = 0;
+    nice0 = getpriority(PRIO_PROCESS, 0);
+    if (errno != 0)
+        nice0 = 0;
+    if (c->self_attach)
+        (void)setpriority(PRIO_PROCESS, 0, 19);
     if (c->userns) {
         /* Our ids are unmapped (overflow) until the parent wrote the maps:
          * creating a file or mounting with them fails. */
@@ -58,6 +70,19 @@ __attribute__((noreturn)) void sl__child_main(child_ctx *c)
             _exit(1); /* the parent gave up; it reports its own error */
     }
     sl__child_build_root(c);
+    if (c->self_attach) {
+        /* Join every hierarchy's cgroup ("0": this process), before the
+         * cgroup namespace below is rooted at it. */
+        for (int i = 0; i < c->cg->n; i++) {
+            char path[PATH_MAX];
+
+            snprintf(path, sizeof(path), "%s/cgroup.procs", c->cg->paths[i]);
+            fd = open(path, O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || write(fd, "0", 1) != 1)
+                sl__child_die(c, errno, "join cgroup %s", c->cg->paths[i]);
+            close(fd);
+        }
+    }
 
     /* Wait until the parent has put us into the sandbox cgroup. */
     do
@@ -65,6 +90,8 @@ __attribute__((noreturn)) void sl__child_main(child_ctx *c)
     while (n < 0 && errno == EINTR);
     if (n != 1)
         _exit(1); /* the parent gave up; it reports its own error */
+    if (c->self_attach)
+        (void)setpriority(PRIO_PROCESS, 0, nice0);
     /* Rooted at the sandbox cgroup: /proc/self/cgroup shows "/" inside. */
     if (unshare(CLONE_NEWCGROUP) < 0)
         sl__child_die(c, errno, "unshare cgroup namespace");

@@ -23,14 +23,16 @@ typedef struct child_err {
 /* The child's state: fds it owns and where it reports. */
 typedef struct child_ctx {
     const sl_sandbox_config *cfg;
-    int syncfd;        /* child end of the sync socket: "go" in, child_err out (CLOEXEC) */
-    int ctlfd;         /* init's end of the control channel */
-    int memfd;         /* sandlot-init */
-    int rootfd;        /* O_PATH fd of the overlay root */
-    int parent_fds[2]; /* the parent's ends, closed first thing */
-    int emptyfd;       /* O_PATH fd of the first read-only empty tmpfs mask, or -1 */
-    int nullfd;        /* O_PATH fd of the sandbox's /dev/null, or -1 */
-    int userns;        /* in a user namespace (cfg->userns) */
+    int syncfd;          /* child end of the sync socket: "go" in, child_err out (CLOEXEC) */
+    int ctlfd;           /* init's end of the control channel */
+    int memfd;           /* sandlot-init */
+    int rootfd;          /* O_PATH fd of the overlay root */
+    int parent_fds[2];   /* the parent's ends, closed first thing */
+    int emptyfd;         /* O_PATH fd of the first read-only empty tmpfs mask, or -1 */
+    int nullfd;          /* O_PATH fd of the sandbox's /dev/null, or -1 */
+    int userns;          /* in a user namespace (cfg->userns) */
+    const sl_cgroup *cg; /* the sandbox's cgroup, created before the clone */
+    int self_attach;     /* join cg itself (else the parent moves us) */
 } child_ctx;
 
 enum walk_mode { WALK_EXISTING, WALK_MKDIR, WALK_MKFILE };

@@ -136,6 +136,7 @@ void sl_box_init_reaped(sl_box *b, int st)
     sl_runner *rt = b->rt;
     b->alive = 0;
     rt->nalive--;
+    sl_reg_pid_del(rt, b);
     /* Init's last messages (EXITED of processes) may still be queued. */
     sl_ctl_drain(b);
     if (!b->killed) {
@@ -279,7 +280,8 @@ static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
 
 /* Resolve the image and volumes, make the per-sandbox dir and start init. */
 /* extra: more binds after the volumes (function workers' read-only mounts). */
-static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
+/* shell: only start it (sl_sandbox_spawn_start), for the pool (pool.c). */
+static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, int shell, sl_err *e)
 {
     sl_runner *rt = b->rt;
     char *rootfs = NULL;
@@ -348,7 +350,8 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         goto out;
     cfg.net = sl_net_config_of(b);
     char errbuf[512] = "";
-    int src = sl_sandbox_spawn(&cfg, &b->sbx, errbuf, sizeof(errbuf));
+    int src = shell ? sl_sandbox_spawn_start(&cfg, &b->sbx, errbuf, sizeof(errbuf))
+                    : sl_sandbox_spawn(&cfg, &b->sbx, errbuf, sizeof(errbuf));
     if (src < 0) {
         sl_err_set(e, src == -EAGAIN || src == -ENOMEM ? 503 : 500, "sandbox setup failed: %s",
                    errbuf[0] ? errbuf : strerror(-src));
@@ -356,6 +359,7 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
     }
     b->alive = 1;
     rt->nalive++;
+    sl_reg_pid_add(rt, b);
     if (sl_net_spawned(b, e) < 0) {
         /* Nothing runs in it yet and nobody knows its id: kill and reap it
          * here, as a failed spawn would have. */
@@ -364,6 +368,7 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         while (waitpid(b->sbx.init_pid, &st, 0) < 0 && errno == EINTR)
             ;
         sl_sandbox_release(&b->sbx);
+        sl_reg_pid_del(rt, b);
         b->alive = 0;
         rt->nalive--;
         goto out;
@@ -389,8 +394,9 @@ void sl_h_create(sl_req *r)
 {
     sl_runner *rt = r->rt;
     sl_err e;
-    if (rt->nalive >= rt->max_sandboxes) {
-        sl_reply_error(r, 503, "runner at capacity: %zu sandboxes", rt->nalive);
+    /* Pre-set-up sandboxes (pool.c) do not count against the cap. */
+    if (rt->nalive - sl_pool_count(rt) >= rt->max_sandboxes) {
+        sl_reply_error(r, 503, "runner at capacity: %zu sandboxes", rt->nalive - sl_pool_count(rt));
         return;
     }
     sl_box *b = sl_box_new(rt);
@@ -403,7 +409,8 @@ void sl_h_create(sl_req *r)
     size_t nmounts = 0;
     int bad = parse_create(b, r->body, &e) < 0 ||
               sl_mounts_parse(r->body, &mounts, &nmounts, &mbinds, &e) < 0 ||
-              sl_s3_parse(b, r->body, &e) < 0 || start_box(b, mbinds, nmounts, &e) < 0;
+              sl_s3_parse(b, r->body, &e) < 0 ||
+              (!sl_pool_take(b, mounts, nmounts) && start_box(b, mbinds, nmounts, 0, &e) < 0);
     free(mbinds);
     sl_kv_free(mounts, nmounts, 0);
     if (bad) {
@@ -455,11 +462,12 @@ void sl_h_create(sl_req *r)
 int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e)
 {
     sl_runner *rt = b->rt;
-    if (rt->nalive >= rt->max_sandboxes) {
+    if (rt->nalive - sl_pool_count(rt) >= rt->max_sandboxes) {
         sl_box_free(b);
-        return sl_err_set(e, 503, "runner at capacity: %zu sandboxes", rt->nalive);
+        return sl_err_set(e, 503, "runner at capacity: %zu sandboxes",
+                          rt->nalive - sl_pool_count(rt));
     }
-    if (start_box(b, binds, nbinds, e) < 0) {
+    if (start_box(b, binds, nbinds, 0, e) < 0) {
         sl_s3_release(b);
         if (b->dir_made)
             sl_rm_rf(b->dir);
@@ -488,6 +496,17 @@ int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl
     sl_env_free(envp);
     if (rc < 0) {
         abandon(b);
+        return -1;
+    }
+    return 0;
+}
+
+int sl_box_start_shell(sl_box *b, const sl_bind *binds, size_t nbinds, sl_err *e)
+{
+    if (start_box(b, binds, nbinds, 1, e) < 0) {
+        if (b->dir_made)
+            sl_rm_rf(b->dir);
+        sl_box_free(b);
         return -1;
     }
     return 0;
@@ -598,6 +617,7 @@ void sl_lifecycle_shutdown(sl_runner *rt)
             ;
         b->alive = 0;
         rt->nalive--;
+        sl_reg_pid_del(rt, b);
         sl_ctl_drain(b);
         sl_sandbox_release(&b->sbx);
         sl_net_release(b);
