@@ -418,8 +418,27 @@ static void raise_nofile(void)
 {
     /* Every process costs three pipes and every client a socket. */
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max > 1048576 ? 1048576 : rl.rlim_max;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    sl_sandbox_set_nofile(&rl); /* sandboxes keep what we were given */
+    /* Each live sandbox holds two fds here (control channel, pidfd): 10,000
+     * sandboxes need more than a usual hard limit of 20,000 or less. Root may
+     * raise the hard limit too, up to fs.nr_open. */
+    rlim_t want = 1048576;
+    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+    unsigned long long nr_open = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%llu", &nr_open) == 1 && nr_open > 0 && nr_open < want)
+            want = (rlim_t)nr_open;
+        fclose(f);
+    }
+    if (geteuid() == 0 && rl.rlim_max < want) {
+        struct rlimit hi = {want, want};
+        if (setrlimit(RLIMIT_NOFILE, &hi) == 0)
+            return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max > want ? want : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             sl_warn("setrlimit RLIMIT_NOFILE: %s", strerror(errno));
     }

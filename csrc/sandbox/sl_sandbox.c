@@ -65,6 +65,21 @@
 #define MFD_EXEC 0x0010U
 #endif
 
+static struct rlimit child_nofile;
+static int child_nofile_set;
+
+void sl_sandbox_set_nofile(const struct rlimit *rl)
+{
+    child_nofile_set = rl != NULL;
+    if (rl)
+        child_nofile = *rl;
+}
+
+const struct rlimit *sl__sandbox_nofile(void)
+{
+    return child_nofile_set ? &child_nofile : NULL;
+}
+
 /* How long spawn waits for init's READY before giving up. */
 #define SPAWN_TIMEOUT_MS 10000
 

@@ -118,6 +118,12 @@ int sl_sandbox_spawn_start(const sl_sandbox_config *cfg, sl_sandbox *out, char *
                            size_t errlen);
 int sl_sandbox_spawn_finish(sl_sandbox *out, int wait_ms, char *errbuf, size_t errlen);
 
+/* The RLIMIT_NOFILE every sandbox's init starts with (inherited by all it
+ * runs), when the caller raised its own far above what it was given (the
+ * runner does, for its two fds per sandbox). NULL: inherit the caller's. */
+struct rlimit;
+void sl_sandbox_set_nofile(const struct rlimit *rl);
+
 /* Kill every process of the sandbox (cgroup kill / freeze+kill, then SIGKILL
  * to init). Safe to call more than once. Does not reap init: the caller's
  * SIGCHLD handling does. */

@@ -156,6 +156,9 @@ __attribute__((noreturn)) void sl__child_main(child_ctx *c)
         for (int i = SL_CTL_FD + 1; i < 4096; i++)
             fcntl(i, F_SETFD, FD_CLOEXEC);
     }
+    /* What the runner was given, not what it raised for itself. */
+    if (sl__sandbox_nofile() && setrlimit(RLIMIT_NOFILE, sl__sandbox_nofile()) < 0)
+        sl__child_die(c, errno, "setrlimit RLIMIT_NOFILE");
     umask(022);
     syscall(SYS_execveat, c->memfd, "", init_argv, init_envp, AT_EMPTY_PATH);
     if (errno == ENOSYS || errno == ENOENT) {

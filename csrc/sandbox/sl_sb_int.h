@@ -64,6 +64,9 @@ void sl__child_masks(child_ctx *c);
 /* sl_sb_root.c: the overlay root and every mount in it (no cgroup needed). */
 void sl__child_build_root(child_ctx *c);
 
+/* sl_sandbox.c: the limit init gets (sl_sandbox_set_nofile), or NULL. */
+const struct rlimit *sl__sandbox_nofile(void);
+
 /* sl_sb_child.c: the child after clone; never returns. */
 __attribute__((noreturn)) void sl__child_main(child_ctx *c);
 
