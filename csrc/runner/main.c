@@ -421,9 +421,9 @@ static void raise_nofile(void)
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return;
     sl_sandbox_set_nofile(&rl); /* sandboxes keep what we were given */
-    /* Each live sandbox holds two fds here (control channel, pidfd): 10,000
-     * sandboxes need more than a usual hard limit of 20,000 or less. Root may
-     * raise the hard limit too, up to fs.nr_open. */
+    /* Each live sandbox holds an fd here (its control channel), each client
+     * a socket: 10,000 sandboxes need more than a usual soft limit. With
+     * CAP_SYS_RESOURCE the hard limit goes up too, to fs.nr_open. */
     rlim_t want = 1048576;
     FILE *f = fopen("/proc/sys/fs/nr_open", "re");
     unsigned long long nr_open = 0;

@@ -365,6 +365,7 @@ int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl
  * waiting for its init: sl_sandbox_spawn_start. 0, or -1 with e set and the
  * box freed. */
 int sl_box_start_shell(sl_box *b, const sl_bind *binds, size_t nbinds, sl_err *e);
+void sl_box_drop_pidfd(sl_box *b); /* after a complete spawn: kill by pid (lifecycle.c) */
 
 /* ---- pool.c: pre-set-up sandboxes for default creates ---- */
 int sl_pool_start(sl_runner *rt); /* fill the pool (in the loop); 0 or -1 */

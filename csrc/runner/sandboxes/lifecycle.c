@@ -357,6 +357,8 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, int shell, 
                    errbuf[0] ? errbuf : strerror(-src));
         goto out;
     }
+    if (!shell)
+        sl_box_drop_pidfd(b);
     b->alive = 1;
     rt->nalive++;
     sl_reg_pid_add(rt, b);
@@ -499,6 +501,19 @@ int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl
         return -1;
     }
     return 0;
+}
+
+/* Init is our child and is reaped only in on_sigchld, which marks the box
+ * dead in the same callback: until then its pid cannot be reused, so
+ * kill(pid) is as safe as the pidfd, and one fd per sandbox fewer lets a
+ * runner whose hard fd limit it cannot raise (no CAP_SYS_RESOURCE) hold
+ * 10,000 sandboxes. */
+void sl_box_drop_pidfd(sl_box *b)
+{
+    if (b->sbx.init_pid > 0 && b->sbx.pidfd >= 0) {
+        close(b->sbx.pidfd);
+        b->sbx.pidfd = -1;
+    }
 }
 
 int sl_box_start_shell(sl_box *b, const sl_bind *binds, size_t nbinds, sl_err *e)

@@ -266,6 +266,7 @@ int sl_pool_take(sl_box *b, const sl_kv *mounts, size_t nmounts)
             dispose(rt, s, 0);
             continue;
         }
+        sl_box_drop_pidfd(s);
         sl_reg_pid_del(rt, s);
         memcpy(b->id, s->id, sizeof(b->id));
         b->sbx = s->sbx;
