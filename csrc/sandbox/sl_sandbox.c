@@ -586,11 +586,16 @@ void sl_sandbox_kill(sl_sandbox *sb)
 {
     if (!sb)
         return;
-    sl_cgroup_kill(&sb->cg);
     /* Killing pid 1 of the namespace makes the kernel kill every other
-     * process in it, cgroup or not. */
-    if (sb->init_pid <= 0)
-        return; /* never spawned (or released): kill(0 or -1) would hit us */
+     * process in it (and refuse new ones: a fork bomb ends too), cgroup or
+     * not, and every process of the sandbox is in its pid namespace. The
+     * cgroup kill is only the fallback without an init: cgroup.kill (and the
+     * v1 freeze) takes cgroup_threadgroup_rwsem for writing, which waits an
+     * RCU grace period (5-50 ms measured here) in the caller's loop. */
+    if (sb->init_pid <= 0) {
+        sl_cgroup_kill(&sb->cg); /* never spawned (or released): kill(0 or -1) would hit us */
+        return;
+    }
     if (sb->pidfd >= 0)
         syscall(SYS_pidfd_send_signal, sb->pidfd, SIGKILL, NULL, 0);
     else

@@ -124,8 +124,9 @@ int sl_sandbox_spawn_finish(sl_sandbox *out, int wait_ms, char *errbuf, size_t e
 struct rlimit;
 void sl_sandbox_set_nofile(const struct rlimit *rl);
 
-/* Kill every process of the sandbox (cgroup kill / freeze+kill, then SIGKILL
- * to init). Safe to call more than once. Does not reap init: the caller's
+/* Kill every process of the sandbox: SIGKILL to init, which makes the kernel
+ * kill the whole pid namespace (cgroup kill / freeze+kill only when there is
+ * no init). Safe to call more than once. Does not reap init: the caller's
  * SIGCHLD handling does. */
 void sl_sandbox_kill(sl_sandbox *sb);
 
