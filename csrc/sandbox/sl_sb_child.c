@@ -54,6 +54,21 @@ __attribute__((noreturn)) void sl__child_main(child_ctx *c)
      * running sandbox (nice, not SCHED_IDLE: it holds mount and cgroup locks
      * others wait for, and must still make progress). sl_sandbox_spawn_finish
      * raises it again when a caller does wait; init runs at ours. */
+    if (c->self_attach) {
+        /* Join every hierarchy's cgroup ("0": this process), before the
+         * cgroup namespace below is rooted at it, and first, at full
+         * priority: the move holds cgroup_threadgroup_rwsem for writing,
+         * which stops every fork on the host while it is held. */
+        for (int i = 0; i < c->cg->n; i++) {
+            char path[PATH_MAX];
+
+            snprintf(path, sizeof(path), "%s/cgroup.procs", c->cg->paths[i]);
+            fd = open(path, O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || write(fd, "0", 1) != 1)
+                sl__child_die(c, errno, "join cgroup %s", c->cg->paths[i]);
+            close(fd);
+        }
+    }
     errno = 0;
     nice0 = getpriority(PRIO_PROCESS, 0);
     if (errno != 0)
@@ -70,19 +85,6 @@ __attribute__((noreturn)) void sl__child_main(child_ctx *c)
             _exit(1); /* the parent gave up; it reports its own error */
     }
     sl__child_build_root(c);
-    if (c->self_attach) {
-        /* Join every hierarchy's cgroup ("0": this process), before the
-         * cgroup namespace below is rooted at it. */
-        for (int i = 0; i < c->cg->n; i++) {
-            char path[PATH_MAX];
-
-            snprintf(path, sizeof(path), "%s/cgroup.procs", c->cg->paths[i]);
-            fd = open(path, O_WRONLY | O_CLOEXEC);
-            if (fd < 0 || write(fd, "0", 1) != 1)
-                sl__child_die(c, errno, "join cgroup %s", c->cg->paths[i]);
-            close(fd);
-        }
-    }
 
     /* Wait until the parent has put us into the sandbox cgroup. */
     do
