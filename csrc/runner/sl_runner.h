@@ -161,6 +161,7 @@ typedef struct sl_box {
     struct sl_box *hnext;       /* id hash chain */
     struct sl_box *pnext;       /* init pid hash chain */
     int pid_hashed;             /* in rt->pbuckets */
+    pid_t hashed_pid;           /* the init pid it is hashed under (init_pid may be reset first) */
     struct sl_box *prev, *next; /* creation order, all boxes */
     /* resources (limits.c): 0 fields = no limit */
     int has_resources;

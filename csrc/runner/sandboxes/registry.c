@@ -38,7 +38,7 @@ static void grow(sl_box ***tab, size_t *n, size_t count, int by_pid)
         sl_box *b = (*tab)[i];
         while (b != NULL) {
             sl_box *next = by_pid ? b->pnext : b->hnext;
-            size_t k = (by_pid ? pid_hash(b->sbx.init_pid) : bucket_of(b->id)) % nn;
+            size_t k = (by_pid ? pid_hash(b->hashed_pid) : bucket_of(b->id)) % nn;
             if (by_pid) {
                 b->pnext = nt[k];
             } else {
@@ -68,7 +68,8 @@ void sl_reg_pid_add(sl_runner *rt, sl_box *b)
     if (b->pid_hashed || b->sbx.init_pid <= 0)
         return;
     grow(&rt->pbuckets, &rt->npbuckets, rt->npids + 1, 1);
-    size_t k = pid_hash(b->sbx.init_pid) % rt->npbuckets;
+    b->hashed_pid = b->sbx.init_pid;
+    size_t k = pid_hash(b->hashed_pid) % rt->npbuckets;
     b->pnext = rt->pbuckets[k];
     rt->pbuckets[k] = b;
     b->pid_hashed = 1;
@@ -79,7 +80,7 @@ void sl_reg_pid_del(sl_runner *rt, sl_box *b)
 {
     if (!b->pid_hashed)
         return;
-    sl_box **pp = &rt->pbuckets[pid_hash(b->sbx.init_pid) % rt->npbuckets];
+    sl_box **pp = &rt->pbuckets[pid_hash(b->hashed_pid) % rt->npbuckets];
     while (*pp != NULL && *pp != b)
         pp = &(*pp)->pnext;
     if (*pp == b)
@@ -231,7 +232,7 @@ sl_box *sl_reg_find_init(sl_runner *rt, pid_t pid)
     if (pid <= 0)
         return NULL;
     for (sl_box *b = rt->pbuckets[pid_hash(pid) % rt->npbuckets]; b != NULL; b = b->pnext) {
-        if (b->alive && b->sbx.init_pid == pid)
+        if (b->alive && b->hashed_pid == pid && b->sbx.init_pid == pid)
             return b;
     }
     return NULL;
