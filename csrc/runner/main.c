@@ -4,6 +4,7 @@
  *            [--token-file FILE] [--log-file FILE] [--log-level LEVEL]
  *            [--pidfile FILE] [--max-sandboxes N] [--retention SECONDS] [--daemon]
  *            [--net-pool CIDR] [--pull-max-bytes N]
+ *            [--pool N]
  *   sandlotd --version
  */
 #include <errno.h>
@@ -26,6 +27,9 @@
 #include "sl_userns.h"
 
 #define DEFAULT_MAX_SANDBOXES 1000
+/* Pre-set-up sandboxes kept ready for default creates (pool.c). */
+#define DEFAULT_POOL 2
+#define MAX_POOL 64
 
 typedef struct opts {
     const char *socket;
@@ -38,6 +42,7 @@ typedef struct opts {
     const char *net_pool;
     enum sl_log_level level;
     size_t max_sandboxes;
+    size_t pool;
     double retention;
     int snap_storage;
     unsigned long long pull_max_bytes;
@@ -56,6 +61,8 @@ static void usage(FILE *f)
             ")\n"
             "                [--pull-max-bytes N]   (unpacked bytes per pulled image, default "
             "64 GiB)\n"
+            "                [--pool N]   (pre-set-up sandboxes for default creates, 0..64, "
+            "default 2)\n"
             "       sandlotd --version\n");
 }
 
@@ -108,6 +115,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"daemon", no_argument, NULL, 'D'},
         {"net-pool", required_argument, NULL, 'n'},
         {"pull-max-bytes", required_argument, NULL, 'B'},
+        {"pool", required_argument, NULL, 'P'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -115,6 +123,7 @@ static int parse_args(int argc, char **argv, opts *o)
     memset(o, 0, sizeof(*o));
     o->level = SL_LOG_INFO;
     o->max_sandboxes = DEFAULT_MAX_SANDBOXES;
+    o->pool = DEFAULT_POOL;
     o->retention = SL_RETENTION;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -154,6 +163,16 @@ static int parse_args(int argc, char **argv, opts *o)
                 return -1;
             }
             o->max_sandboxes = (size_t)v;
+            break;
+        }
+        case 'P': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end != '\0' || optarg[0] == '\0' || v < 0 || v > MAX_POOL) {
+                fprintf(stderr, "sandlotd: --pool must be 0..%d\n", MAX_POOL);
+                return -1;
+            }
+            o->pool = (size_t)v;
             break;
         }
         case 'r': {
@@ -354,6 +373,8 @@ static void on_sigchld(evutil_socket_t sig, short what, void *arg)
     pid_t pid;
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
         sl_box *b = sl_reg_find_init(rt, pid);
+        if (b != NULL && sl_pool_reaped(rt, b, st))
+            continue; /* a pre-set-up sandbox died before anyone used it */
         if (b != NULL)
             sl_box_init_reaped(b, st);
         else if (!sl_jobs_reaped(rt, pid, st))
@@ -380,6 +401,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
         evhttp_del_accept_socket(rt->http_tcp, rt->bound_tcp);
         rt->bound_tcp = NULL;
     }
+    sl_pool_shutdown(rt);
     sl_lifecycle_shutdown(rt);
     sl_net_shutdown(rt); /* after every sandbox's elements are gone */
     sl_jobs_shutdown(rt);
@@ -401,6 +423,8 @@ static void free_runner(sl_runner *rt)
     free(rt->images_dir);
     free(rt->volumes_dir);
     free(rt->sandboxes_dir);
+    free(rt->buckets);
+    free(rt->pbuckets);
     if (rt->token != NULL) {
         explicit_bzero(rt->token, rt->token_len);
         free(rt->token);
@@ -411,8 +435,27 @@ static void raise_nofile(void)
 {
     /* Every process costs three pipes and every client a socket. */
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max > 1048576 ? 1048576 : rl.rlim_max;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    sl_sandbox_set_nofile(&rl); /* sandboxes keep what we were given */
+    /* Each live sandbox holds an fd here (its control channel), each client
+     * a socket: 10,000 sandboxes need more than a usual soft limit. With
+     * CAP_SYS_RESOURCE the hard limit goes up too, to fs.nr_open. */
+    rlim_t want = 1048576;
+    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+    unsigned long long nr_open = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%llu", &nr_open) == 1 && nr_open > 0 && nr_open < want)
+            want = (rlim_t)nr_open;
+        fclose(f);
+    }
+    if (geteuid() == 0 && rl.rlim_max < want) {
+        struct rlimit hi = {want, want};
+        if (setrlimit(RLIMIT_NOFILE, &hi) == 0)
+            return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max > want ? want : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             sl_warn("setrlimit RLIMIT_NOFILE: %s", strerror(errno));
     }
@@ -429,6 +472,7 @@ int main(int argc, char **argv)
     rt->init_memfd = -1;
     rt->lock_fd = -1;
     rt->max_sandboxes = o.max_sandboxes;
+    rt->pool_target = o.pool;
     /* Rootless mode: without root the runner cannot mount, so each sandbox
      * gets a user namespace in which it can (docs/architecture.md). */
     rt->userns = geteuid() != 0;
@@ -520,6 +564,10 @@ int main(int argc, char **argv)
         sl_error("event_base_new failed");
         goto out;
     }
+    if (sl_reg_init(rt) < 0) {
+        sl_error("out of memory");
+        goto out;
+    }
     if (sl_net_init(rt, o.net_pool) < 0)
         goto out;
     const int signums[3] = {SIGINT, SIGTERM, SIGCHLD};
@@ -533,6 +581,10 @@ int main(int argc, char **argv)
     }
     if (sl_http_start(rt, o.listen) < 0)
         goto out;
+    if (sl_pool_start(rt) < 0) {
+        sl_error("cannot start the sandbox pool (out of memory)");
+        goto out;
+    }
     if (rt->pidfile != NULL) {
         if (write_pidfile(rt->pidfile) < 0)
             goto out;

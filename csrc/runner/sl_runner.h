@@ -159,6 +159,9 @@ typedef struct sl_box {
     size_t capprocs;
     sl_hold *waiters;           /* sandbox wait */
     struct sl_box *hnext;       /* id hash chain */
+    struct sl_box *pnext;       /* init pid hash chain */
+    int pid_hashed;             /* in rt->pbuckets */
+    pid_t hashed_pid;           /* the init pid it is hashed under (init_pid may be reset first) */
     struct sl_box *prev, *next; /* creation order, all boxes */
     /* resources (limits.c): 0 fields = no limit */
     int has_resources;
@@ -242,6 +245,8 @@ typedef struct sl_copy {
     struct sl_copy *next;
 } sl_copy;
 
+/* Initial buckets of the id and init-pid hash tables; they double whenever
+ * they hold more boxes than buckets, so lookups stay O(1) at 10,000 boxes. */
 #define SL_HASH_BUCKETS 256
 
 typedef struct sl_listener {
@@ -276,14 +281,21 @@ typedef struct sl_runner {
     int snap_storage; /* SL_SNAP_STORAGE_*: how snapshot layers are stored (snapshot.c) */
     unsigned long long pull_max_bytes; /* --pull-max-bytes: unpacked bytes per pulled image */
     double retention;                  /* seconds an ended sandbox stays listed */
-    sl_box *buckets[SL_HASH_BUCKETS];
+    sl_box **buckets;                  /* by id (hnext), nbuckets of them */
+    size_t nbuckets;
+    size_t nhashed;    /* boxes in buckets */
+    sl_box **pbuckets; /* live boxes and pool shells by init pid (pnext) */
+    size_t npbuckets;
+    size_t npids;
     sl_box *first, *last;
     size_t nvisible; /* listed sandboxes */
     size_t nalive;   /* sandboxes whose init is not reaped */
     sl_hold *holds;
     sl_job *jobs;
     sl_copy *copies;
-    sl_netstate *net; /* net.c */
+    sl_netstate *net;     /* net.c */
+    size_t pool_target;   /* --pool: pre-set-up sandboxes to keep (pool.c) */
+    struct sl_pool *pool; /* pool.c */
 } sl_runner;
 
 /* ---- util.c ---- */
@@ -321,8 +333,11 @@ void sl_reg_add(sl_runner *rt, sl_box *b);
 void sl_reg_hide(sl_runner *rt, sl_box *b); /* id lookups fail from now on */
 void sl_reg_unlink(sl_runner *rt, sl_box *b);
 sl_box *sl_reg_find(sl_runner *rt, const char *id);
-sl_box *sl_reg_find_init(sl_runner *rt, pid_t pid);
-sl_proc *sl_proc_new(sl_box *b); /* next process id; NULL on ENOMEM/limit */
+sl_box *sl_reg_find_init(sl_runner *rt, pid_t pid); /* O(1): the init pid hash */
+int sl_reg_init(sl_runner *rt);                     /* 0 or -ENOMEM */
+void sl_reg_pid_add(sl_runner *rt, sl_box *b);      /* once init_pid is set (alive) */
+void sl_reg_pid_del(sl_runner *rt, sl_box *b);      /* when init is reaped; idempotent */
+sl_proc *sl_proc_new(sl_box *b);                    /* next process id; NULL on ENOMEM/limit */
 sl_proc *sl_box_proc(sl_box *b, const char *n);
 void sl_proc_drop(sl_proc *p); /* remove from its box and free */
 void sl_proc_free(sl_proc *p);
@@ -352,6 +367,26 @@ int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl
  * secrets, workdir, timeout, resources, network, volumes); builds nothing.
  * 0, or -1 with e set. Also the libFuzzer target's entry (tests/c). */
 int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e);
+
+/* Start a default sandbox (image "host", nothing else) for the pool without
+ * waiting for its init: sl_sandbox_spawn_start. 0, or -1 with e set and the
+ * box freed. */
+int sl_box_start_shell(sl_box *b, const sl_bind *binds, size_t nbinds, sl_err *e);
+void sl_box_drop_pidfd(sl_box *b); /* after a complete spawn: kill by pid (lifecycle.c) */
+
+/* ---- pool.c: pre-set-up sandboxes for default creates ---- */
+int sl_pool_start(sl_runner *rt); /* fill the pool (in the loop); 0 or -1 */
+/* If b's request can use a pre-set-up sandbox (default options: image
+ * "host", no snapshot, volumes, S3, limits, disk or network, and the
+ * pool's set of read-only mounts), make b that sandbox (id, dir, init) and
+ * return 1; 0: start b afresh (its mount set becomes the pool's). */
+int sl_pool_take(sl_box *b, const sl_kv *mounts, size_t nmounts);
+int sl_pool_reaped(sl_runner *rt, sl_box *b, int wait_status); /* 1: b was a pool shell */
+size_t sl_pool_count(const sl_runner *rt);                     /* shells alive in the pool */
+void sl_pool_shutdown(sl_runner *rt); /* kill, reap and remove every shell */
+/* {"size": --pool, "shells": in the pool now, "taken": creates served from it,
+ *  "mounts": size of the mount set it keeps shells for} */
+void sl_pool_pack_health(sl_resp *r, const sl_runner *rt);
 
 /* ---- ctlchan.c ---- */
 int sl_ctl_watch(sl_box *b);  /* start reading the box's control channel */

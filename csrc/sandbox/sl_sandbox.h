@@ -83,6 +83,9 @@ typedef struct sl_sandbox {
                               sl_sandbox_release, or NULL */
     char net_if[IFNAMSIZ]; /* host side of the veth pair ("" without one); the pair goes
                               with the sandbox's network namespace once init is gone */
+    int sync_fd;           /* between sl_sandbox_spawn_start and _finish: the parent's end
+                              of the sync socket (child's errors, EOF at exec); else -1 */
+    long deadline_ms;      /* CLOCK_MONOTONIC ms by which init must be READY */
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at
@@ -101,8 +104,29 @@ int sl_sandbox_load_init(const char *path);
  * and ':' (overlayfs option syntax). */
 int sl_sandbox_spawn(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf, size_t errlen);
 
-/* Kill every process of the sandbox (cgroup kill / freeze+kill, then SIGKILL
- * to init). Safe to call more than once. Does not reap init: the caller's
+/* sl_sandbox_spawn in two halves, so the caller can serve others while the
+ * child builds its root and init starts (the runner's pool of pre-set-up
+ * sandboxes). _start does the parent's part (clone, cgroup and limits, veth,
+ * "go") and returns 0 with init_pid, ctl_fd and sync_fd set, or -errno with
+ * nothing left behind; cfg is not used after it returns. _finish waits up to
+ * wait_ms (-1: until the 10 s deadline) for READY and sends the seccomp
+ * profile: 0 (the sandbox is what sl_sandbox_spawn returns), -EINPROGRESS
+ * (not ready yet, nothing changed: call again), or -errno after cleaning up
+ * as a failed sl_sandbox_spawn does. Between the two, sl_sandbox_kill +
+ * reaping + sl_sandbox_release also dispose of it. */
+int sl_sandbox_spawn_start(const sl_sandbox_config *cfg, sl_sandbox *out, char *errbuf,
+                           size_t errlen);
+int sl_sandbox_spawn_finish(sl_sandbox *out, int wait_ms, char *errbuf, size_t errlen);
+
+/* The RLIMIT_NOFILE every sandbox's init starts with (inherited by all it
+ * runs), when the caller raised its own far above what it was given (the
+ * runner does, for its two fds per sandbox). NULL: inherit the caller's. */
+struct rlimit;
+void sl_sandbox_set_nofile(const struct rlimit *rl);
+
+/* Kill every process of the sandbox: SIGKILL to init, which makes the kernel
+ * kill the whole pid namespace (cgroup kill / freeze+kill only when there is
+ * no init). Safe to call more than once. Does not reap init: the caller's
  * SIGCHLD handling does. */
 void sl_sandbox_kill(sl_sandbox *sb);
 

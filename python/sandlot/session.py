@@ -205,7 +205,9 @@ class Session:
 
         Returns the runner's health map: ``ok``, ``version``, ``runner_id``,
         ``pid``, ``cgroup`` (``"v1"``, ``"v2"``, ``"hybrid"`` or ``"none"``),
-        ``sandboxes`` (count) and ``uptime`` (seconds).
+        ``sandboxes`` (count), ``uptime`` (seconds) and ``pool`` (the runner's
+        pre-set-up sandboxes: ``size``, ``shells`` ready now, ``taken`` by creates,
+        ``mounts`` in the set they are kept for).
 
         Example:
             >>> default_session().health()["ok"]      # doctest: +SKIP

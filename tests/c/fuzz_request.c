@@ -70,6 +70,8 @@ static void setup(void)
         rt.sandboxes_dir == NULL)
         abort();
     rt.max_sandboxes = 1;
+    if (sl_reg_init(&rt) < 0) /* sl_box_new looks ids up */
+        abort();
     if (sl_log_open(NULL, SL_LOG_ERROR) < 0)
         abort();
 }

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <linux/seccomp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1021,6 +1022,89 @@ static void test_spawn_failures(int memfd)
 
 /* The v1 fallback kill (freezer, SIGKILL each member, thaw), forced on a host
  * that has cgroup.kill by hiding the v2 directory from sl_cgroup_kill. */
+/* The pool's two-step spawn: _start returns at once, the child joins its
+ * cgroup itself and builds its root at nice 19; _finish collects READY; the
+ * sandbox is then what sl_sandbox_spawn makes (init in every cgroup, at our
+ * priority, running commands). A child that fails is reported by _finish. */
+static void test_spawn_start_finish(int memfd)
+{
+    char dir[] = "/tmp/sl-pool-XXXXXX", errbuf[256], out[256], err[256];
+    sl_sandbox sb;
+    int r;
+
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    sl_sandbox_config cfg = {.id = "sb-pooltest", .rootfs = "/", .dir = dir, .init_memfd = memfd};
+    r = sl_sandbox_spawn_start(&cfg, &sb, errbuf, sizeof(errbuf));
+    CHECK(r == 0, "spawn_start: %d %s", r, errbuf);
+    if (r != 0)
+        return;
+    CHECK(sb.init_pid > 0 && sb.sync_fd >= 0, "spawn_start fields");
+    r = sl_sandbox_spawn_finish(&sb, 0, errbuf, sizeof(errbuf));
+    CHECK(r == 0 || r == -EINPROGRESS, "finish(0): %d %s", r, errbuf);
+    if (r == -EINPROGRESS)
+        r = sl_sandbox_spawn_finish(&sb, -1, errbuf, sizeof(errbuf));
+    CHECK(r == 0 && sb.sync_fd < 0, "finish(-1): %d %s", r, errbuf);
+    if (r != 0)
+        return;
+    for (int i = 0; i < sb.cg.n; i++) {
+        char procs[PATH_MAX], line[64] = "";
+        FILE *f;
+
+        snprintf(procs, sizeof(procs), "%s/cgroup.procs", sb.cg.paths[i]);
+        f = fopen(procs, "r");
+        CHECK(f && fgets(line, sizeof(line), f) && atoi(line) == sb.init_pid,
+              "self-attached init not in %s (%s)", sb.cg.paths[i], line);
+        if (f)
+            fclose(f);
+    }
+    errno = 0;
+    int ours = getpriority(PRIO_PROCESS, 0),
+        init_prio = getpriority(PRIO_PROCESS, (id_t)sb.init_pid);
+    CHECK(errno == 0 && init_prio == ours, "init runs at nice %d, not ours (%d)", init_prio, ours);
+    {
+        const char *argv[] = {"/bin/sh", "-c", "hostname", NULL};
+        int st = run(&sb, 0, NULL, argv, out, sizeof(out), err, sizeof(err));
+
+        CHECK(st == 0 && strcmp(out, "sb-pooltest\n") == 0, "status %d out '%s' err '%s'", st, out,
+              err);
+    }
+    teardown(&sb, dir, 1);
+
+    /* A child that cannot build its root: _start still returns 0, _finish
+     * reports the child's own words and leaves nothing behind. */
+    char dir2[] = "/tmp/sl-pool-XXXXXX";
+    if (!mkdtemp(dir2)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    sl_bind bad[] = {{"/nonexistent-sandlot-pool-source", "/mnt/x", 1}};
+    sl_sandbox_config cfg2 = {.id = "sb-pooltest2",
+                              .rootfs = "/",
+                              .dir = dir2,
+                              .init_memfd = memfd,
+                              .binds = bad,
+                              .n_binds = 1};
+    r = sl_sandbox_spawn_start(&cfg2, &sb, errbuf, sizeof(errbuf));
+    CHECK(r == 0, "spawn_start (bad bind): %d %s", r, errbuf);
+    if (r == 0) {
+        char paths[SL_CG_MAX_PATHS][PATH_MAX];
+        int n = sb.cg.n;
+
+        for (int i = 0; i < n; i++)
+            snprintf(paths[i], sizeof(paths[i]), "%s", sb.cg.paths[i]);
+        r = sl_sandbox_spawn_finish(&sb, -1, errbuf, sizeof(errbuf));
+        CHECK(r == -ENOENT && strstr(errbuf, "nonexistent-sandlot-pool-source"),
+              "finish (bad bind): %d '%s'", r, errbuf);
+        CHECK(sb.init_pid == -1 && sb.ctl_fd == -1 && sb.sync_fd == -1, "fields after a failure");
+        for (int i = 0; i < n; i++)
+            CHECK(!exists(paths[i]), "cgroup dir left: %s", paths[i]);
+    }
+    CHECK(sl_rm_rf(dir2) == 0, "rm_rf");
+}
+
 static void test_freezer_kill(int memfd)
 {
     char dir[] = "/tmp/sl-frz-XXXXXX", errbuf[256], text[64];
@@ -1352,6 +1436,7 @@ int main(int argc, char **argv)
     test_spawn_failures(memfd);
     test_dir_image(memfd);
     test_freezer_kill(memfd);
+    test_spawn_start_finish(memfd);
     test_userns_sandbox(memfd);
     test_veth(memfd);
     if (cycles > 0)

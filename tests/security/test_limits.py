@@ -288,9 +288,11 @@ def test_fork_bomb_sandbox_is_killable_mid_bomb(session, other):
     # The classic shell bomb; the entry shell then becomes a sleep, so the
     # sandbox lives on until terminate (the entry command's end would end it).
     # `exec`, not a fork: once the bomb holds every pid a fork fails, and dash
-    # exits on "Cannot fork".
+    # exits on "Cannot fork". The bomb starts in a subshell, the entry shell's
+    # only fork: run directly, the entry shell forked both sides of the first
+    # pipe itself, and lost that race to the bomb now and then (exit 2).
     sb = Sandbox.create(
-        ["sh", "-c", "b() { b | b & }; b; exec sleep 60"], timeout=60, session=session, resources={"pids": 32}
+        ["sh", "-c", "(b() { b | b & }; b); exec sleep 60"], timeout=60, session=session, resources={"pids": 32}
     )
     try:
         time.sleep(1.0)

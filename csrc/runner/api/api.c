@@ -142,7 +142,7 @@ static void h_health(sl_req *r)
     sl_runner *rt = r->rt;
     sl_resp resp;
     sl_resp_init(&resp);
-    sl_r_map(&resp, 11);
+    sl_r_map(&resp, 12);
     sl_r_kbool(&resp, "ok", 1);
     sl_r_kstr(&resp, "version", SL_VERSION);
     sl_r_kstr(&resp, "runner_id", rt->runner_id);
@@ -157,5 +157,7 @@ static void h_health(sl_req *r)
     sl_limits_pack_health(&resp);
     sl_r_str(&resp, "network"); /* nftables table and address pool (net.c) */
     sl_net_pack_health(&resp, rt);
+    sl_r_str(&resp, "pool"); /* pre-set-up sandboxes (pool.c) */
+    sl_pool_pack_health(&resp, rt);
     sl_reply(r, 200, &resp);
 }

@@ -1,6 +1,8 @@
 /* lifecycle.c - create, list, get, wait and terminate sandboxes, and what
  * happens when one ends (entry exit, timeout, terminate, init dying). */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,11 +133,33 @@ static void on_box_timer(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* 1 if <dir>/upper (the sandbox's writable layer) holds no entry at all. */
+static int layer_is_empty(const char *dir)
+{
+    char *upper = sl_path_join(dir, "upper");
+    int fd = upper != NULL ? open(upper, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    free(upper);
+    if (fd < 0)
+        return 0;
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        close(fd);
+        return 0;
+    }
+    int empty = 1;
+    struct dirent *de;
+    while (empty && (de = readdir(d)) != NULL)
+        empty = strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0;
+    closedir(d);
+    return empty;
+}
+
 void sl_box_init_reaped(sl_box *b, int st)
 {
     sl_runner *rt = b->rt;
     b->alive = 0;
     rt->nalive--;
+    sl_reg_pid_del(rt, b);
     /* Init's last messages (EXITED of processes) may still be queued. */
     sl_ctl_drain(b);
     if (!b->killed) {
@@ -153,7 +177,9 @@ void sl_box_init_reaped(sl_box *b, int st)
     sl_s3_release(b); /* unmount before the dir is removed */
     if (b->dir_made) {
         b->dir_made = 0;
-        if (sl_job_rm(rt, b->dir) < 0)
+        /* Nothing written: a handful of empty dirs, removed right here (a
+         * fork of the runner costs more than that); else in a child. */
+        if (layer_is_empty(b->dir) ? sl_rm_rf(b->dir) < 0 : sl_job_rm(rt, b->dir) < 0)
             sl_warn("could not remove %s", b->dir);
     }
     sl_debug("sandbox %s reaped", b->id);
@@ -280,7 +306,8 @@ int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
 
 /* Resolve the image and volumes, make the per-sandbox dir and start init. */
 /* extra: more binds after the volumes (function workers' read-only mounts). */
-static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
+/* shell: only start it (sl_sandbox_spawn_start), for the pool (pool.c). */
+static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, int shell, sl_err *e)
 {
     sl_runner *rt = b->rt;
     char *rootfs = NULL;
@@ -349,14 +376,18 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         goto out;
     cfg.net = sl_net_config_of(b);
     char errbuf[512] = "";
-    int src = sl_sandbox_spawn(&cfg, &b->sbx, errbuf, sizeof(errbuf));
+    int src = shell ? sl_sandbox_spawn_start(&cfg, &b->sbx, errbuf, sizeof(errbuf))
+                    : sl_sandbox_spawn(&cfg, &b->sbx, errbuf, sizeof(errbuf));
     if (src < 0) {
         sl_err_set(e, src == -EAGAIN || src == -ENOMEM ? 503 : 500, "sandbox setup failed: %s",
                    errbuf[0] ? errbuf : strerror(-src));
         goto out;
     }
+    if (!shell)
+        sl_box_drop_pidfd(b);
     b->alive = 1;
     rt->nalive++;
+    sl_reg_pid_add(rt, b);
     if (sl_net_spawned(b, e) < 0) {
         /* Nothing runs in it yet and nobody knows its id: kill and reap it
          * here, as a failed spawn would have. */
@@ -365,6 +396,7 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
         while (waitpid(b->sbx.init_pid, &st, 0) < 0 && errno == EINTR)
             ;
         sl_sandbox_release(&b->sbx);
+        sl_reg_pid_del(rt, b);
         b->alive = 0;
         rt->nalive--;
         goto out;
@@ -390,8 +422,9 @@ void sl_h_create(sl_req *r)
 {
     sl_runner *rt = r->rt;
     sl_err e;
-    if (rt->nalive >= rt->max_sandboxes) {
-        sl_reply_error(r, 503, "runner at capacity: %zu sandboxes", rt->nalive);
+    /* Pre-set-up sandboxes (pool.c) do not count against the cap. */
+    if (rt->nalive - sl_pool_count(rt) >= rt->max_sandboxes) {
+        sl_reply_error(r, 503, "runner at capacity: %zu sandboxes", rt->nalive - sl_pool_count(rt));
         return;
     }
     sl_box *b = sl_box_new(rt);
@@ -404,7 +437,8 @@ void sl_h_create(sl_req *r)
     size_t nmounts = 0;
     int bad = sl_box_parse_create(b, r->body, &e) < 0 ||
               sl_mounts_parse(r->body, &mounts, &nmounts, &mbinds, &e) < 0 ||
-              sl_s3_parse(b, r->body, &e) < 0 || start_box(b, mbinds, nmounts, &e) < 0;
+              sl_s3_parse(b, r->body, &e) < 0 ||
+              (!sl_pool_take(b, mounts, nmounts) && start_box(b, mbinds, nmounts, 0, &e) < 0);
     free(mbinds);
     sl_kv_free(mounts, nmounts, 0);
     if (bad) {
@@ -456,11 +490,12 @@ void sl_h_create(sl_req *r)
 int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e)
 {
     sl_runner *rt = b->rt;
-    if (rt->nalive >= rt->max_sandboxes) {
+    if (rt->nalive - sl_pool_count(rt) >= rt->max_sandboxes) {
         sl_box_free(b);
-        return sl_err_set(e, 503, "runner at capacity: %zu sandboxes", rt->nalive);
+        return sl_err_set(e, 503, "runner at capacity: %zu sandboxes",
+                          rt->nalive - sl_pool_count(rt));
     }
-    if (start_box(b, binds, nbinds, e) < 0) {
+    if (start_box(b, binds, nbinds, 0, e) < 0) {
         sl_s3_release(b);
         if (b->dir_made)
             sl_rm_rf(b->dir);
@@ -489,6 +524,30 @@ int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl
     sl_env_free(envp);
     if (rc < 0) {
         abandon(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* Init is our child and is reaped only in on_sigchld, which marks the box
+ * dead in the same callback: until then its pid cannot be reused, so
+ * kill(pid) is as safe as the pidfd, and one fd per sandbox fewer lets a
+ * runner whose hard fd limit it cannot raise (no CAP_SYS_RESOURCE) hold
+ * 10,000 sandboxes. */
+void sl_box_drop_pidfd(sl_box *b)
+{
+    if (b->sbx.init_pid > 0 && b->sbx.pidfd >= 0) {
+        close(b->sbx.pidfd);
+        b->sbx.pidfd = -1;
+    }
+}
+
+int sl_box_start_shell(sl_box *b, const sl_bind *binds, size_t nbinds, sl_err *e)
+{
+    if (start_box(b, binds, nbinds, 1, e) < 0) {
+        if (b->dir_made)
+            sl_rm_rf(b->dir);
+        sl_box_free(b);
         return -1;
     }
     return 0;
@@ -599,6 +658,7 @@ void sl_lifecycle_shutdown(sl_runner *rt)
             ;
         b->alive = 0;
         rt->nalive--;
+        sl_reg_pid_del(rt, b);
         sl_ctl_drain(b);
         sl_sandbox_release(&b->sbx);
         sl_net_release(b);

@@ -16,12 +16,83 @@ static unsigned bucket_of(const char *id)
         h ^= (unsigned char)*s;
         h *= 16777619u;
     }
-    return h % SL_HASH_BUCKETS;
+    return h;
+}
+
+static unsigned pid_hash(pid_t pid)
+{
+    return (uint32_t)pid * 2654435761u;
+}
+
+/* Double a table once it holds more entries than buckets; on ENOMEM it just
+ * stays as it is (longer chains, still correct). */
+static void grow(sl_box ***tab, size_t *n, size_t count, int by_pid)
+{
+    if (count <= *n)
+        return;
+    size_t nn = *n * 2;
+    sl_box **nt = calloc(nn, sizeof(*nt));
+    if (nt == NULL)
+        return;
+    for (size_t i = 0; i < *n; i++) {
+        sl_box *b = (*tab)[i];
+        while (b != NULL) {
+            sl_box *next = by_pid ? b->pnext : b->hnext;
+            size_t k = (by_pid ? pid_hash(b->hashed_pid) : bucket_of(b->id)) % nn;
+            if (by_pid) {
+                b->pnext = nt[k];
+            } else {
+                b->hnext = nt[k];
+            }
+            nt[k] = b;
+            b = next;
+        }
+    }
+    free(*tab);
+    *tab = nt;
+    *n = nn;
+}
+
+int sl_reg_init(sl_runner *rt)
+{
+    rt->buckets = calloc(SL_HASH_BUCKETS, sizeof(*rt->buckets));
+    rt->pbuckets = calloc(SL_HASH_BUCKETS, sizeof(*rt->pbuckets));
+    if (rt->buckets == NULL || rt->pbuckets == NULL)
+        return -ENOMEM;
+    rt->nbuckets = rt->npbuckets = SL_HASH_BUCKETS;
+    return 0;
+}
+
+void sl_reg_pid_add(sl_runner *rt, sl_box *b)
+{
+    if (b->pid_hashed || b->sbx.init_pid <= 0)
+        return;
+    grow(&rt->pbuckets, &rt->npbuckets, rt->npids + 1, 1);
+    b->hashed_pid = b->sbx.init_pid;
+    size_t k = pid_hash(b->hashed_pid) % rt->npbuckets;
+    b->pnext = rt->pbuckets[k];
+    rt->pbuckets[k] = b;
+    b->pid_hashed = 1;
+    rt->npids++;
+}
+
+void sl_reg_pid_del(sl_runner *rt, sl_box *b)
+{
+    if (!b->pid_hashed)
+        return;
+    sl_box **pp = &rt->pbuckets[pid_hash(b->hashed_pid) % rt->npbuckets];
+    while (*pp != NULL && *pp != b)
+        pp = &(*pp)->pnext;
+    if (*pp == b)
+        *pp = b->pnext;
+    b->pnext = NULL;
+    b->pid_hashed = 0;
+    rt->npids--;
 }
 
 static sl_box *find_any(sl_runner *rt, const char *id)
 {
-    for (sl_box *b = rt->buckets[bucket_of(id)]; b != NULL; b = b->hnext) {
+    for (sl_box *b = rt->buckets[bucket_of(id) % rt->nbuckets]; b != NULL; b = b->hnext) {
         if (strcmp(b->id, id) == 0)
             return b;
     }
@@ -81,6 +152,7 @@ void sl_box_free(sl_box *b)
 {
     if (b == NULL)
         return;
+    sl_reg_pid_del(b->rt, b);
     while (b->waiters != NULL)
         sl_hold_error(b->waiters, 500, "sandbox record removed");
     for (size_t i = 0; i < b->nprocs; i++)
@@ -104,9 +176,11 @@ void sl_box_free(sl_box *b)
 
 void sl_reg_add(sl_runner *rt, sl_box *b)
 {
-    unsigned k = bucket_of(b->id);
+    grow(&rt->buckets, &rt->nbuckets, rt->nhashed + 1, 0);
+    size_t k = bucket_of(b->id) % rt->nbuckets;
     b->hnext = rt->buckets[k];
     rt->buckets[k] = b;
+    rt->nhashed++;
     b->prev = rt->last;
     b->next = NULL;
     if (rt->last != NULL)
@@ -128,11 +202,14 @@ void sl_reg_hide(sl_runner *rt, sl_box *b)
 void sl_reg_unlink(sl_runner *rt, sl_box *b)
 {
     sl_reg_hide(rt, b);
-    sl_box **pp = &rt->buckets[bucket_of(b->id)];
+    sl_reg_pid_del(rt, b);
+    sl_box **pp = &rt->buckets[bucket_of(b->id) % rt->nbuckets];
     while (*pp != NULL && *pp != b)
         pp = &(*pp)->hnext;
-    if (*pp == b)
+    if (*pp == b) {
         *pp = b->hnext;
+        rt->nhashed--;
+    }
     if (b->prev != NULL)
         b->prev->next = b->next;
     else
@@ -154,8 +231,8 @@ sl_box *sl_reg_find_init(sl_runner *rt, pid_t pid)
 {
     if (pid <= 0)
         return NULL;
-    for (sl_box *b = rt->first; b != NULL; b = b->next) {
-        if (b->alive && b->sbx.init_pid == pid)
+    for (sl_box *b = rt->pbuckets[pid_hash(pid) % rt->npbuckets]; b != NULL; b = b->pnext) {
+        if (b->alive && b->hashed_pid == pid && b->sbx.init_pid == pid)
             return b;
     }
     return NULL;
