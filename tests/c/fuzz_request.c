@@ -66,8 +66,10 @@ static void setup(void)
     rt.images_dir = sl_path_join(dir, "images");
     rt.volumes_dir = sl_path_join(dir, "volumes");
     rt.sandboxes_dir = sl_path_join(dir, "sandboxes");
+    /* As sandlotd always has one (function mounts are checked against it). */
+    rt.socket_dir = sl_path_join(dir, "run");
     if (rt.state_dir == NULL || rt.images_dir == NULL || rt.volumes_dir == NULL ||
-        rt.sandboxes_dir == NULL)
+        rt.sandboxes_dir == NULL || rt.socket_dir == NULL)
         abort();
     rt.max_sandboxes = 1;
     if (sl_reg_init(&rt) < 0) /* sl_box_new looks ids up */
