@@ -344,6 +344,9 @@ void sl_box_entry_started(sl_box *b);
 void sl_box_entry_failed(sl_box *b, const char *msg);
 void sl_box_init_reaped(sl_box *b, int wait_status);
 void sl_lifecycle_shutdown(sl_runner *rt);
+/* At start: remove the dirs, cgroups and mounts of sandboxes of an earlier
+ * runner on this state dir (sweep.c). */
+void sl_sweep_sandboxes(sl_runner *rt);
 /* Start a caller-filled box without a request (function workers); 0 or -1
  * with e set, the box then being freed or abandoned. */
 int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e);

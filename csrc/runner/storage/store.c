@@ -108,8 +108,8 @@ static int make_dir(const char *path)
     return 0;
 }
 
-/* Remove leftovers of a previous runner: its sandboxes died with it (init
- * kills everything when the channel closes) but their dirs remain. */
+/* Remove the ".tmp-*"/".trash-*" leftovers of copies and deletions a
+ * previous runner had in flight (sandbox dirs: sweep.c). */
 static void sweep(const char *dir, int only_dot)
 {
     DIR *d = opendir(dir);
@@ -178,7 +178,7 @@ int sl_store_init(sl_runner *rt)
     if (make_dir(rt->images_dir) < 0 || make_dir(rt->volumes_dir) < 0 ||
         make_dir(rt->sandboxes_dir) < 0)
         return -1;
-    sweep(rt->sandboxes_dir, 0);
+    sl_sweep_sandboxes(rt);
     sweep(rt->images_dir, 1);
     sweep(rt->volumes_dir, 1);
     return sl_snap_init(rt);
