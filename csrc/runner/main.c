@@ -385,6 +385,7 @@ static void free_runner(sl_runner *rt)
     free(rt->images_dir);
     free(rt->volumes_dir);
     free(rt->sandboxes_dir);
+    sl_strv_free(rt->lost_ids, rt->nlost);
     if (rt->token != NULL) {
         explicit_bzero(rt->token, rt->token_len);
         free(rt->token);

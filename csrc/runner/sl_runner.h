@@ -264,6 +264,10 @@ typedef struct sl_runner {
     char *images_dir;
     char *volumes_dir;
     char *sandboxes_dir;
+    /* Ids of the sandboxes an earlier runner on this state dir had when it
+     * exited (sweep.c), sorted: a request for one is told it was lost. */
+    char **lost_ids;
+    size_t nlost;
     int lock_fd; /* flock on <state>/lock: one runner per state dir */
     char *token; /* TCP bearer token */
     size_t token_len;
@@ -347,6 +351,8 @@ void sl_lifecycle_shutdown(sl_runner *rt);
 /* At start: remove the dirs, cgroups and mounts of sandboxes of an earlier
  * runner on this state dir (sweep.c). */
 void sl_sweep_sandboxes(sl_runner *rt);
+/* 1 if id names a sandbox swept at start (see sl_runner.lost_ids). */
+int sl_sweep_was_lost(const sl_runner *rt, const char *id);
 /* Start a caller-filled box without a request (function workers); 0 or -1
  * with e set, the box then being freed or abandoned. */
 int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e);

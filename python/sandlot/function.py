@@ -398,6 +398,8 @@ class RemoteFunction(Generic[P, R]):
         self._codec = _Codec(serialization)
         self._fn_id: str | None = None
         self._reg_session: Session | None = None
+        self._reg_runner: str | None = None  # runner_id of the registration
+        self._reg_gen = -1  # errors.unavailable_generation when last checked
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
@@ -491,16 +493,35 @@ class RemoteFunction(Generic[P, R]):
         return body
 
     def _ensure(self) -> tuple[Session, str]:
+        """The session and this function's id on its current runner.
+
+        Registers on first use, and again with a runner that replaced the one
+        it was registered with (a crash, ``sandlot runner restart``): checked
+        when the session saw the runner exit or a request fail as
+        unavailable since the registration.
+        """
         sess = self._sess()
+        sess._check_runner()
         fid = self._fn_id
-        if fid is not None and self._reg_session is sess:
+        if fid is not None and self._reg_session is sess and self._reg_gen == errors.unavailable_generation \
+                and self._reg_runner == sess._runner_id:
             return sess, fid
         with self._lock:
-            if self._fn_id is None or self._reg_session is not sess:
-                sess.health()  # starts the embedded runner if needed
+            gen = errors.unavailable_generation
+            if self._fn_id is not None and self._reg_session is sess and self._reg_gen == gen \
+                    and self._reg_runner == sess._runner_id:
+                return sess, self._fn_id
+            health = sess.health()  # starts the embedded runner if needed
+            rid = health.get("runner_id")
+            if self._fn_id is None or self._reg_session is not sess or rid != self._reg_runner:
+                if self._fn_id is not None:
+                    log.info("registering %s again with the new runner %s (was %s on %s)",
+                             _qualname(self._fn), rid, self._fn_id, self._reg_runner)
                 resp = sess.request("POST", "/v1/functions", self._registration()).result()
                 self._fn_id = resp["function"]["function_id"]
                 self._reg_session = sess
+                self._reg_runner = rid
+            self._reg_gen = gen
             return sess, self._fn_id
 
     @property

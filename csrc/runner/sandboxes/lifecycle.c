@@ -19,7 +19,12 @@
 sl_box *sl_req_box(sl_req *r)
 {
     sl_box *b = r->p[0] != NULL ? sl_reg_find(r->rt, r->p[0]) : NULL;
-    if (b == NULL)
+    if (b == NULL && sl_sweep_was_lost(r->rt, r->p[0]))
+        sl_reply_error(r, 404,
+                       "sandbox '%.64s' was lost: the runner it ran under exited (crash, kill "
+                       "or restart) and its processes ended with it",
+                       r->p[0]);
+    else if (b == NULL)
         sl_reply_error(r, 404, "sandbox '%.64s' not found", r->p[0] != NULL ? r->p[0] : "");
     return b;
 }

@@ -94,12 +94,38 @@ static int unmount_all(const char *dir)
     return count;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Remember id as lost (best effort: without memory it is only "not found"). */
+static void note_lost(sl_runner *rt, const char *id, size_t *cap)
+{
+    if (rt->nlost == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        char **v = realloc(rt->lost_ids, ncap * sizeof(*v));
+        if (v == NULL)
+            return;
+        rt->lost_ids = v;
+        *cap = ncap;
+    }
+    if ((rt->lost_ids[rt->nlost] = strdup(id)) != NULL)
+        rt->nlost++;
+}
+
+int sl_sweep_was_lost(const sl_runner *rt, const char *id)
+{
+    return id != NULL && rt->nlost > 0 &&
+           bsearch(&id, rt->lost_ids, rt->nlost, sizeof(*rt->lost_ids), cmp_str) != NULL;
+}
+
 void sl_sweep_sandboxes(sl_runner *rt)
 {
     DIR *d = opendir(rt->sandboxes_dir);
     if (d == NULL)
         return;
-    size_t dirs = 0;
+    size_t dirs = 0, cap = 0;
     int cgroups = 0, mounts = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
@@ -116,15 +142,20 @@ void sl_sweep_sandboxes(sl_runner *rt)
         int rc = sl_rm_rf(p);
         if (rc < 0)
             sl_warn("removing leftover %s: %s", p, strerror(-rc));
-        sl_info("sandbox %s of an earlier runner is gone: removed its dir, %d cgroup dir(s), "
-                "%d mount(s)",
+        /* Its processes died with that runner (PR_SET_PDEATHSIG): lost. */
+        sl_info("lost sandbox %s: the runner it ran under exited; removed its dir, "
+                "%d cgroup dir(s), %d mount(s)",
                 de->d_name, c, m);
+        if (strncmp(de->d_name, "sb-", 3) == 0)
+            note_lost(rt, de->d_name, &cap);
         dirs++;
         cgroups += c;
         mounts += m;
         free(p);
     }
     closedir(d);
+    if (rt->nlost > 1)
+        qsort(rt->lost_ids, rt->nlost, sizeof(*rt->lost_ids), cmp_str);
     if (dirs > 0)
         sl_info("swept %zu sandbox(es) of an earlier runner: %d cgroup dir(s), %d mount(s)", dirs,
                 cgroups, mounts);
