@@ -182,3 +182,16 @@ def test_next_runner_removes_everything_a_killed_runner_left(base: Path, session
         assert p.wait() == 0 and p.stdout.read() == "alive\n"
     finally:
         other.terminate()
+
+
+def test_an_oversized_entry_command_is_refused_before_anything_is_built(session: sandlot.Session,
+                                                                        runner: Runner) -> None:
+    sbdir = runner.state_dir / "sandboxes"
+    before = set(sbdir.iterdir())
+    created = runner.log_file.read_text().count(" created (image ")
+    big = {f"V{i}": "x" * 1000 for i in range(300)}  # ~300 KB: more than one spawn message holds
+    with pytest.raises(sandlot.InvalidArgumentError, match="byte limit of a spawn"):
+        Sandbox.create(["true"], env=big, timeout=30, session=session)
+    # Nothing was built: no dir, and the log never saw a sandbox being made.
+    assert set(sbdir.iterdir()) == before
+    assert runner.log_file.read_text().count(" created (image ") == created

@@ -367,6 +367,9 @@ int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *
 /* The environment of a process: defaults, the sandbox's env and secrets, then
  * extra (exec's env). NULL-terminated "K=V"; free with sl_env_free (wipes). */
 char **sl_env_build(const sl_box *b, const sl_kv *extra, size_t nextra);
+/* Refuse (400) an entry command whose argv and environment would not fit
+ * one SPAWN message, before anything is built for it. */
+int sl_spawn_fits(const sl_box *b, const char *cwd, char *const *argv, sl_err *e);
 void sl_env_free(char **envp);
 void sl_proc_started(sl_proc *p, pid_t pid);
 void sl_proc_spawn_failed(sl_proc *p, int err, const char *what);

@@ -80,6 +80,27 @@ fail:
     return NULL;
 }
 
+int sl_spawn_fits(const sl_box *b, const char *cwd, char *const *argv, sl_err *e)
+{
+    size_t cap = SL_CTL_MAX_MSG - sizeof(sl_ctl_hdr);
+    char **envp = sl_env_build(b, NULL, 0);
+    if (envp == NULL)
+        return sl_err_set(e, 500, "out of memory");
+    /* What sl_ctl_pack_spawn writes: NUL-terminated cwd, argc, argv, env. */
+    size_t argc = 0, need = strlen(cwd != NULL ? cwd : "") + 1 + 24;
+    for (; argv[argc] != NULL; argc++)
+        need += strlen(argv[argc]) + 1;
+    for (char **v = envp; *v != NULL; v++)
+        need += strlen(*v) + 1;
+    sl_env_free(envp);
+    if (need > cap)
+        return sl_err_set(e, 400,
+                          "command and environment take %zu bytes, more than the %zu byte limit of "
+                          "a spawn",
+                          need, cap);
+    return 0;
+}
+
 static void close_pair(int p[2])
 {
     for (int i = 0; i < 2; i++) {

@@ -406,7 +406,10 @@ void sl_h_create(sl_req *r)
     sl_kv *mounts = NULL;
     sl_bind *mbinds = NULL;
     size_t nmounts = 0;
+    /* An entry command that cannot be sent to init is refused before the
+     * sandbox is built (it used to fail only after). */
     int bad = parse_create(b, r->body, &e) < 0 ||
+              (b->cmd != NULL && sl_spawn_fits(b, b->workdir, b->cmd, &e) < 0) ||
               sl_mounts_parse(r->body, &mounts, &nmounts, &mbinds, &e) < 0 ||
               sl_s3_parse(b, r->body, &e) < 0 || start_box(b, mbinds, nmounts, &e) < 0;
     free(mbinds);
