@@ -3,7 +3,7 @@
  *   sandlotd --socket PATH --state-dir DIR [--init PATH] [--listen HOST:PORT]
  *            [--token-file FILE] [--log-file FILE] [--log-level LEVEL]
  *            [--pidfile FILE] [--max-sandboxes N] [--retention SECONDS] [--daemon]
- *            [--net-pool CIDR]
+ *            [--net-pool CIDR] [--output-cap BYTES]
  *   sandlotd --version
  */
 #include <errno.h>
@@ -38,6 +38,7 @@ typedef struct opts {
     enum sl_log_level level;
     size_t max_sandboxes;
     double retention;
+    uint64_t output_cap;
     int snap_storage;
     int daemon;
 } opts;
@@ -50,6 +51,7 @@ static void usage(FILE *f)
             "                [--log-level debug|info|warn|error] [--pidfile FILE]\n"
             "                [--max-sandboxes N] [--retention SECONDS] [--daemon]\n"
             "                [--snapshot-storage auto|erofs|dir]\n"
+            "                [--output-cap BYTES]   (unread output kept, all sandboxes)\n"
             "                [--net-pool CIDR]   (sandbox addresses, default " SL_NET_POOL_DEFAULT
             ")\n"
             "       sandlotd --version\n");
@@ -103,6 +105,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"snapshot-storage", required_argument, NULL, 'S'},
         {"daemon", no_argument, NULL, 'D'},
         {"net-pool", required_argument, NULL, 'n'},
+        {"output-cap", required_argument, NULL, 'O'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -111,6 +114,7 @@ static int parse_args(int argc, char **argv, opts *o)
     o->level = SL_LOG_INFO;
     o->max_sandboxes = DEFAULT_MAX_SANDBOXES;
     o->retention = SL_RETENTION;
+    o->output_cap = SL_OUTPUT_CAP;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
@@ -173,6 +177,17 @@ static int parse_args(int argc, char **argv, opts *o)
                 return -1;
             }
             break;
+        case 'O': {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*end != '\0' || optarg[0] == '-' || v < SL_OUTPUT_KEEP_MIN) {
+                fprintf(stderr, "sandlotd: --output-cap must be a byte count >= %zu\n",
+                        SL_OUTPUT_KEEP_MIN);
+                return -1;
+            }
+            o->output_cap = v;
+            break;
+        }
         case 'D':
             o->daemon = 1;
             break;
@@ -418,6 +433,7 @@ int main(int argc, char **argv)
      * gets a user namespace in which it can (docs/architecture.md). */
     rt->userns = geteuid() != 0;
     rt->retention = o.retention;
+    rt->output_cap = o.output_cap;
     rt->snap_storage = o.snap_storage;
     int rc = sl_log_open(o.log_file, o.level);
     if (rc < 0) {

@@ -24,7 +24,10 @@
 #include "sl_msg.h"
 #include "sl_sandbox.h"
 
-#define SL_OUTPUT_KEEP ((size_t)8 << 20)        /* bytes kept per stream */
+#define SL_OUTPUT_KEEP ((size_t)8 << 20)        /* default bytes kept per stream */
+#define SL_OUTPUT_KEEP_MIN ((size_t)64 << 10)   /* smallest output_keep */
+#define SL_OUTPUT_KEEP_MAX ((size_t)1 << 30)    /* largest output_keep */
+#define SL_OUTPUT_CAP ((uint64_t)2 << 30)       /* default --output-cap */
 #define SL_OUTPUT_DEFAULT_MAX ((size_t)1 << 20) /* default max_bytes of an output read */
 #define SL_OUTPUT_MAX ((size_t)64 << 20)        /* largest max_bytes honoured */
 #define SL_POLL_CAP 30.0                        /* long-poll cap, seconds */
@@ -84,12 +87,21 @@ typedef void (*sl_handler)(sl_req *r);
 
 /* ---- per process output: output.c ---- */
 
+/* Output goes from the pipe straight into a spool file in the sandbox's dir
+ * (so it counts against its disk limit, and not against the runner's
+ * memory); the file's offsets are the stream's absolute offsets, and dropped
+ * output is a punched hole before base. */
 typedef struct sl_stream {
-    int fd;               /* read end of the pipe, -1 once closed */
-    struct event *ev;     /* read event while fd is open */
-    struct evbuffer *buf; /* the newest <= SL_OUTPUT_KEEP bytes */
-    uint64_t base;        /* absolute offset of buf's first byte */
+    int fd;           /* read end of the pipe, -1 once closed */
+    struct event *ev; /* read event while fd is open */
+    struct sl_box *box;
+    int spool;         /* the spool file (O_TMPFILE in the sandbox dir), -1 once released */
+    uint64_t base;     /* first byte still kept; everything before was dropped */
+    uint64_t end;      /* bytes received so far */
+    uint64_t consumed; /* highest offset a reader asked for: what it already has */
+    uint64_t dropped;  /* bytes dropped before any reader had them */
     int eof;
+    int paused;       /* the "block" policy stopped reading the pipe (window full) */
     sl_hold *readers; /* held output requests */
 } sl_stream;
 
@@ -169,7 +181,9 @@ typedef struct sl_box {
     long long oom_kills;           /* the cgroup's OOM kill count when init was reaped */
     struct sl_s3 *s3;              /* S3 buckets mounted with s3fs (s3.c) */
     size_t ns3;
-    sl_netbox *net; /* "network"/"ports" (net.c); NULL: lo only, the default */
+    sl_netbox *net;     /* "network"/"ports" (net.c); NULL: lo only, the default */
+    size_t output_keep; /* bytes of output kept per stream (output.c) */
+    int output_block;   /* policy when full: 1 block the writer, 0 drop the oldest */
 } sl_box;
 
 /* ---- resource limits: limits.c ---- */
@@ -277,8 +291,10 @@ typedef struct sl_runner {
     double started_at;
     int shutting_down;
     size_t max_sandboxes;
-    int snap_storage; /* SL_SNAP_STORAGE_*: how snapshot layers are stored (snapshot.c) */
-    double retention; /* seconds an ended sandbox stays listed */
+    int snap_storage;      /* SL_SNAP_STORAGE_*: how snapshot layers are stored (snapshot.c) */
+    double retention;      /* seconds an ended sandbox stays listed */
+    uint64_t output_cap;   /* --output-cap: output kept in spool files, all streams together */
+    uint64_t output_bytes; /* kept now (output.c) */
     sl_box *buckets[SL_HASH_BUCKETS];
     sl_box *first, *last;
     size_t nvisible; /* listed sandboxes */
@@ -384,7 +400,10 @@ void sl_h_stdin(sl_req *r);
 void sl_h_signal(sl_req *r);
 
 /* ---- output.c ---- */
-int sl_stream_open(sl_runner *rt, sl_stream *s, int fd);
+/* "output_policy" ("drop_oldest", "block") and "output_keep" (bytes) of a
+ * create body; defaults without them. */
+int sl_output_parse(sl_box *b, const msgpack_object *body, sl_err *e);
+int sl_stream_open(sl_box *b, sl_stream *s, int fd);
 void sl_stream_finish(sl_stream *s); /* read what is left, EOF, answer readers */
 void sl_stream_free(sl_stream *s);
 void sl_h_output(sl_req *r);

@@ -56,7 +56,15 @@ from .function import (
     wait,
 )
 from .image import Image
-from .process import InputStream, OutputStream, ProcessInfo, SandboxProcess
+from .process import (
+    DroppedBytesMarker,
+    DroppedMarker,
+    InputStream,
+    OutputDroppedWarning,
+    OutputStream,
+    ProcessInfo,
+    SandboxProcess,
+)
 from .network import NetworkOptions, Tunnel
 from .resources import ResourceOptions
 from .sandbox import Sandbox, SandboxInfo, SandboxSnapshot
@@ -80,6 +88,9 @@ __all__ = [
     "NetworkOptions",
     "Tunnel",
     "OutputStream",
+    "OutputDroppedWarning",
+    "DroppedMarker",
+    "DroppedBytesMarker",
     "InputStream",
     "Image",
     "Secret",

@@ -119,7 +119,6 @@ static int set_nonblock(int fd)
 int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *envp, sl_err *e)
 {
     sl_box *b = p->box;
-    sl_runner *rt = b->rt;
     int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
     char *buf = NULL;
     long len = 0;
@@ -135,16 +134,19 @@ int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *
     }
     /* Readers exist before the process does, so no output can be missed. */
     p->in_buf = evbuffer_new();
-    if (p->in_buf == NULL || sl_stream_open(rt, &p->out[0], out[0]) < 0) {
-        sl_err_set(e, 500, "libevent: cannot watch the output pipe");
+    if (p->in_buf == NULL) {
+        sl_err_set(e, 500, "evbuffer_new: out of memory");
         goto out;
     }
-    out[0] = -1;
-    if (sl_stream_open(rt, &p->out[1], err[0]) < 0) {
-        sl_err_set(e, 500, "libevent: cannot watch the output pipe");
-        goto out;
+    for (int i = 0; i < 2; i++) {
+        int *rd = i == 0 ? &out[0] : &err[0];
+        if (sl_stream_open(b, &p->out[i], *rd) < 0) {
+            sl_err_set(e, errno == ENOSPC || errno == EMFILE || errno == ENFILE ? 503 : 500,
+                       "cannot spool the output of the process in %s: %s", b->dir, strerror(errno));
+            goto out;
+        }
+        *rd = -1;
     }
-    err[0] = -1;
     size_t cap = SL_CTL_MAX_MSG - sizeof(sl_ctl_hdr);
     buf = malloc(cap);
     if (buf == NULL) {

@@ -257,7 +257,8 @@ static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
         return sl_err_set(e, 400, "field 'workdir' must be an absolute path, got '%.200s'",
                           b->workdir);
     if (sl_msg_num(body, "timeout", SL_TIMEOUT_DEFAULT, SL_TIMEOUT_DEFAULT, &b->timeout, e) < 0 ||
-        sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0)
+        sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0 ||
+        sl_output_parse(b, body, e) < 0)
         return -1;
     if (!(b->timeout > 0) || b->timeout > SL_TIMEOUT_MAX)
         return sl_err_set(e, 400, "field 'timeout' must be > 0 and <= %.0f seconds, got %g",
