@@ -437,6 +437,19 @@ void sl_job_watch_err(sl_runner *rt, sl_job *j);
 /* Remove path (sl_rm_rf) in a child so a large tree never stalls the loop. */
 int sl_job_rm(sl_runner *rt, const char *path);
 int sl_jobs_reaped(sl_runner *rt, pid_t pid, int status); /* 1 if pid was a job */
-void sl_jobs_shutdown(sl_runner *rt);                     /* wait for every job */
+void sl_jobs_add(sl_runner *rt, sl_job *j);               /* a child forked by the caller */
+
+/* ---- durable stores: storage/durable.c ---- */
+
+int sl_fsync_path(const char *path);   /* fsync a file or dir; 0 or -errno */
+int sl_fsync_parent(const char *path); /* fsync the dir holding path */
+int sl_fsync_tree(const char *path);   /* every file and dir below path (blocking) */
+/* sl_fsync_tree in a child job; done(rt, arg, wait_status, "") when it ends. */
+int sl_job_fsync_tree(sl_runner *rt, const char *path, sl_job_done_fn done, void *arg);
+/* path.tmp, fsync, rename to path, fsync the dir. */
+int sl_write_durable(const char *path, const void *data, size_t len);
+/* Test-only: _exit(86) here if SANDLOT_TEST_FAULT names this point. */
+void sl_fault(const char *point);
+void sl_jobs_shutdown(sl_runner *rt); /* wait for every job */
 
 #endif

@@ -317,12 +317,27 @@ static void free_copy(sl_runner *rt, sl_copy *c)
     free(c);
 }
 
+static void on_copy_synced(sl_runner *rt, void *arg, int status, const char *err);
+
+/* cp finished: fsync the copy (in a child) before it gets its name. */
 static void on_copy_done(sl_runner *rt, void *arg, int status, const char *err)
+{
+    sl_copy *c = arg;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+        sl_job_fsync_tree(rt, c->tmp, on_copy_synced, c) == 0)
+        return;
+    on_copy_synced(rt, arg, status, err);
+}
+
+static void on_copy_synced(sl_runner *rt, void *arg, int status, const char *err)
 {
     sl_copy *c = arg;
     char *final = image_dir(rt, c->name);
     int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (ok)
+        sl_fault("image-synced");
     if (ok && final != NULL && rename(c->tmp, final) == 0) {
+        (void)sl_fsync_parent(final);
         /* created_at is when the image became usable. */
         utimensat(AT_FDCWD, final, NULL, 0);
         sl_info("image %s registered", c->name);
@@ -502,7 +517,13 @@ int sl_store_volume(sl_runner *rt, const char *name, char **path, sl_err *e)
     *path = sl_path_join(rt->volumes_dir, name);
     if (*path == NULL)
         return sl_err_set(e, 500, "out of memory");
-    if (mkdir(*path, 0755) < 0 && errno != EEXIST) {
+    if (mkdir(*path, 0755) == 0) {
+        /* A new volume is acknowledged only once its entry is on disk. */
+        int rc = sl_fsync_parent(*path);
+        if (rc < 0)
+            sl_warn("fsync of %s: %s", rt->volumes_dir, strerror(-rc));
+        sl_fault("volume-created");
+    } else if (errno != EEXIST) {
         sl_err_set(e, 500, "mkdir %s: %s", *path, strerror(errno));
         free(*path);
         *path = NULL;
