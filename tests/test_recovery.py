@@ -131,3 +131,30 @@ def test_a_configured_url_is_never_started_by_the_client(tmp_path: Path) -> None
     with pytest.raises(sandlot.RunnerUnavailableError, match="cannot connect"):
         Sandbox.list(session=s)
     assert not (tmp_path / "none.sock").exists()
+
+
+def test_runner_restart_with_sandboxes_and_pools_busy(embedded: sandlot.Session) -> None:
+    """`sandlot runner restart` while a sandbox runs a command and a function
+    pool runs a call: the CLI says what ended, the call says why it failed,
+    and the same objects work again on the new runner."""
+    import subprocess
+    import sys
+
+    from conftest import client_env
+
+    sb = Sandbox.create(["sleep", "600"], timeout=600, session=embedded)
+    sleep = sandlot.RemoteFunction(time.sleep, session=embedded, min_workers=2)
+    ref = sleep.remote(60)
+    time.sleep(1.0)
+    old = embedded.health()
+    env = client_env(None, XDG_RUNTIME_DIR=os.environ["XDG_RUNTIME_DIR"], SANDLOT_RUNNER_BIN=runner_binary())
+    out = subprocess.run([sys.executable, "-m", "sandlot", "runner", "restart"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"pid {old['pid']} -> " in out.stdout and "sandbox(es) of the old runner ended" in out.stdout
+    with pytest.raises(sandlot.RunnerExitedError, match="the runner exited while this call was running"):
+        ref.result(timeout=60)
+    assert sleep.remote(0).result() is None  # registered again, on the new runner
+    assert embedded.health()["runner_id"] != old["runner_id"]
+    with pytest.raises(sandlot.NotFoundError, match="was lost: the runner it ran under exited"):
+        sb.wait()

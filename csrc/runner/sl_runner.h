@@ -367,6 +367,9 @@ void sl_lifecycle_shutdown(sl_runner *rt);
 /* At start: remove the dirs, cgroups and mounts of sandboxes of an earlier
  * runner on this state dir (sweep.c). */
 void sl_sweep_sandboxes(sl_runner *rt);
+/* At shutdown: record the sandboxes ending with this runner as lost for
+ * the next one (a restart). */
+void sl_sweep_note_shutdown(sl_runner *rt);
 /* 1 if id names a sandbox swept at start (see sl_runner.lost_ids). */
 int sl_sweep_was_lost(const sl_runner *rt, const char *id);
 /* Start a caller-filled box without a request (function workers); 0 or -1

@@ -585,6 +585,8 @@ class RemoteFunction(Generic[P, R]):
             raise concurrent.futures.CancelledError(msg)
         if status == "crashed":
             raise WorkerCrashedError(msg, code="crashed")
+        if status == "runner_exited":
+            raise errors.RunnerExitedError(msg, code="runner_exited")
         raise RemoteError(msg, code=status or "failed")
 
     def _rebuild(self, data: bytes) -> BaseException:

@@ -406,7 +406,8 @@ void sl_fn_shutdown(sl_runner *rt)
         }
         sl_fn_drop_workers(f);
         while (f->queue.head != NULL)
-            sl_call_fail(f->queue.head, SL_CO_CANCELLED, "the runner is shutting down");
+            sl_call_fail(f->queue.head, SL_CO_EXITED,
+                         "the runner exited while this call was running (it was stopped)");
         fn_free(f);
     }
     sl_calls_shutdown();

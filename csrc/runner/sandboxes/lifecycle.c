@@ -591,6 +591,7 @@ void sl_h_terminate(sl_req *r)
 
 void sl_lifecycle_shutdown(sl_runner *rt)
 {
+    sl_sweep_note_shutdown(rt);
     sl_fn_shutdown(rt); /* function pools let go of their workers first */
     for (sl_box *b = rt->first; b != NULL; b = b->next) {
         if (b->alive)

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <unistd.h>
 
 #include "sl_log.h"
 #include "sl_mountinfo.h"
@@ -120,12 +121,53 @@ int sl_sweep_was_lost(const sl_runner *rt, const char *id)
            bsearch(&id, rt->lost_ids, rt->nlost, sizeof(*rt->lost_ids), cmp_str) != NULL;
 }
 
+/* <state>/sandboxes.lost: ids a runner that was stopped (stop, restart) had
+ * running; written at its shutdown, read and removed by the next start. */
+static char *lost_file(const sl_runner *rt)
+{
+    return sl_path_join(rt->state_dir, "sandboxes.lost");
+}
+
+void sl_sweep_note_shutdown(sl_runner *rt)
+{
+    size_t len = 0;
+    for (sl_box *b = rt->first; b != NULL; b = b->next)
+        len += b->hidden ? 0 : strlen(b->id) + 1;
+    if (len == 0)
+        return;
+    char *buf = malloc(len), *p = buf, *path = lost_file(rt);
+    if (buf != NULL && path != NULL) {
+        for (sl_box *b = rt->first; b != NULL; b = b->next) {
+            if (!b->hidden)
+                p += sprintf(p, "%s\n", b->id);
+        }
+        int rc = sl_write_durable(path, buf, len);
+        if (rc < 0)
+            sl_warn("cannot record the sandboxes ending with this runner: %s", strerror(-rc));
+    }
+    free(buf);
+    free(path);
+}
+
 void sl_sweep_sandboxes(sl_runner *rt)
 {
+    size_t dirs = 0, cap = 0;
+    char *lf = lost_file(rt);
+    FILE *f = lf != NULL ? fopen(lf, "re") : NULL;
+    if (f != NULL) {
+        char line[128];
+        while (fgets(line, sizeof(line), f) != NULL) {
+            line[strcspn(line, "\n")] = '\0';
+            if (strncmp(line, "sb-", 3) == 0 && sl_name_valid(line))
+                note_lost(rt, line, &cap);
+        }
+        fclose(f);
+        unlink(lf);
+    }
+    free(lf);
     DIR *d = opendir(rt->sandboxes_dir);
     if (d == NULL)
         return;
-    size_t dirs = 0, cap = 0;
     int cgroups = 0, mounts = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
