@@ -84,7 +84,10 @@ void sl_box_finalise(sl_box *b)
         if (p == NULL)
             continue;
         if (p->start != NULL) {
-            if (p->id == 0)
+            if (b->rt->shutting_down)
+                sl_hold_error(p->start, 503,
+                              "the runner exited while this call was running (it was stopped)");
+            else if (p->id == 0)
                 sl_hold_error(p->start, 500, "sandbox %s ended before its command started", b->id);
             else
                 sl_hold_error(p->start, 409, "sandbox %s ended before process %u started", b->id,
