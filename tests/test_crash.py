@@ -326,3 +326,10 @@ def test_kill9_under_load_loses_nothing_acknowledged(base: Path) -> None:
     finally:
         s.close()
         stop(r)
+
+
+def test_an_oversized_function_environment_is_refused_at_registration(session: sandlot.Session) -> None:
+    big = {f"V{i}": "x" * 1000 for i in range(300)}
+    fn = sandlot.RemoteFunction(abs, session=session, environment_variables=big)
+    with pytest.raises(sandlot.InvalidArgumentError, match="byte limit of a spawn"):
+        fn.remote(-1)

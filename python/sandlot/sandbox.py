@@ -233,9 +233,9 @@ class Sandbox:
                 ``"block"`` (the runner stops reading, so the process blocks
                 on its next write until a client reads).
             output_keep: bytes of unread output kept per stream (default
-                8 MiB, 64 KiB .. 1 GiB). Kept in a spool file in the sandbox's
-                directory on the runner (inside the ``disk`` limit when there
-                is one), not in the runner's memory.
+                8 MiB, 64 KiB .. 1 GiB). Kept in a spool file in the runner's
+                state dir (under its ``--output-cap`` for all sandboxes), not
+                in the runner's memory.
 
         Raises:
             TypeError / ValueError: bad arguments (nothing was sent).

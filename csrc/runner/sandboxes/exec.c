@@ -142,7 +142,8 @@ int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *
         int *rd = i == 0 ? &out[0] : &err[0];
         if (sl_stream_open(b, &p->out[i], *rd) < 0) {
             sl_err_set(e, errno == ENOSPC || errno == EMFILE || errno == ENFILE ? 503 : 500,
-                       "cannot spool the output of the process in %s: %s", b->dir, strerror(errno));
+                       "cannot spool the output of the process in %s: %s", b->rt->sandboxes_dir,
+                       strerror(errno));
             goto out;
         }
         *rd = -1;

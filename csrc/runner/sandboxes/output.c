@@ -1,12 +1,13 @@
 /* output.c - stdout/stderr of every process and the long-polling output
  * endpoint.
  *
- * Output goes from the pipe into a spool file per stream, an O_TMPFILE in
- * the sandbox's dir: on the disk-limit tmpfs when the sandbox has one (so it
- * counts against that limit), else on the state dir's filesystem. The runner
- * itself only holds one 64 KiB read buffer, whatever the number of
- * processes or how much they write. A file offset is the stream's absolute
- * offset; what is no longer kept is a punched hole before `base`.
+ * Output goes from the pipe into a spool file per stream, an unnamed
+ * O_TMPFILE in <state>/sandboxes (the state dir's filesystem; not the
+ * sandbox's own dir, which sits on its disk-limit tmpfs when it has one: a
+ * sandbox that fills its disk must still get its output). It counts against
+ * the runner-wide --output-cap. The runner itself only holds one 64 KiB read
+ * buffer, whatever the number of processes or how much they write. A file offset is the stream's
+ * absolute offset; what is no longer kept is a punched hole before `base`.
  *
  * How much is kept: the newest `output_keep` bytes per stream (per sandbox,
  * default 8 MiB), and at most --output-cap bytes over all streams of the
@@ -15,8 +16,8 @@
  *       them gets "truncated" and "dropped_bytes" with its next read;
  *   block: the runner stops reading the pipe until a reader catches up, so
  *       the writer blocks (nothing is lost; nothing runs on unread).
- * A spool write that fails (ENOSPC: the sandbox's disk is full) drops the
- * oldest kept bytes and tries once more, then drops the new bytes.
+ * A spool write that fails (ENOSPC: the state dir's filesystem is full)
+ * drops the oldest kept bytes and tries once more, then drops the new bytes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -300,7 +301,9 @@ static int open_spool(const char *dir)
 int sl_stream_open(sl_box *b, sl_stream *s, int fd)
 {
     s->box = b;
-    s->spool = b->dir != NULL ? open_spool(b->dir) : -EINVAL;
+    /* In the sandboxes dir, not the sandbox's own: a sandbox that fills its
+     * disk must still get its output (and the dir is on the disk tmpfs). */
+    s->spool = open_spool(b->rt->sandboxes_dir);
     if (s->spool < 0) {
         int err = -s->spool;
         s->spool = -1;

@@ -135,7 +135,7 @@ void sl_sweep_note_shutdown(sl_runner *rt)
         len += b->hidden ? 0 : strlen(b->id) + 1;
     if (len == 0)
         return;
-    char *buf = malloc(len), *p = buf, *path = lost_file(rt);
+    char *buf = malloc(len + 1), *p = buf, *path = lost_file(rt); /* + sprintf's NUL */
     if (buf != NULL && path != NULL) {
         for (sl_box *b = rt->first; b != NULL; b = b->next) {
             if (!b->hidden)
