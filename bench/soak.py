@@ -154,8 +154,9 @@ def soak(seconds: float = 60.0, clients: int = 3, restart_every: float = 8.0) ->
         n = 0
         while any(p.poll() is None for p in procs):
             pid = read_pid(paths)
-            if pid:
-                rss.append((round(time.monotonic() - t0, 1), proc_stat(pid)[0]))
+            kib = proc_stat(pid)[0] if pid else 0
+            if kib:  # 0: between a runner's death and the next one's start
+                rss.append((round(time.monotonic() - t0, 1), kib))
             if time.monotonic() >= next_restart and time.monotonic() < t0 + seconds - 2 and pid:
                 n += 1
                 if n % 2:
