@@ -23,4 +23,4 @@ def test_soak_with_runner_restarts_loses_and_leaks_nothing() -> None:
     assert r["failed"] == [], summary  # anything but "cut by a restart"
     assert r["lost"] == 0, summary
     assert (r["leaked_cgroups"], r["leaked_mounts"], r["leaked_fds"]) == (0, 0, 0), summary
-    assert rss and all(kib > 0 for _, kib in rss)
+    assert rss, "no RSS sample of a live runner"
