@@ -143,7 +143,7 @@ class DroppedMarker(str):
     Example:
         >>> m = DroppedMarker.of(10, "stdout")
         >>> m, m.nbytes
-        ('[sandlot: 10 bytes of stdout dropped]\n', 10)
+        ('[sandlot: 10 bytes of stdout dropped]\\n', 10)
     """
 
     nbytes: int
