@@ -97,6 +97,7 @@ typedef struct sl_stream {
     struct sl_box *box;
     int spool;         /* the spool file (O_TMPFILE in the sandbox dir), -1 once released */
     uint64_t base;     /* first byte still kept; everything before was dropped */
+    uint64_t punched;  /* the file is a hole up to here (<= base, punched in steps) */
     uint64_t end;      /* bytes received so far */
     uint64_t consumed; /* highest offset a reader asked for: what it already has */
     uint64_t dropped;  /* bytes dropped before any reader had them */
