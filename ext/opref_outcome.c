@@ -63,6 +63,8 @@ static const char *fail_code(enum sl_fail f)
         return "payload_too_large";
     case SL_FAIL_INTERNAL:
         return "internal";
+    case SL_FAIL_LOST:
+        return "runner_exited";
     default:
         return "unavailable";
     }

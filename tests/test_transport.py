@@ -152,8 +152,11 @@ def test_unavailable_tcp_refused(mapper):
 
 
 def test_connection_dropped_is_unavailable(client, mapper):
+    # The server had the request and closed without answering: "runner_exited"
+    # (sandlot.RunnerExitedError, a RunnerUnavailableError), not "cannot connect".
     e = client.request("GET", "/close").exception(timeout=10)
-    assert (e.status, e.code) == (0, "unavailable")
+    assert (e.status, e.code) == (0, "runner_exited")
+    assert "the runner exited while this call was running" in e.message
     # The transport is fine afterwards.
     assert client.request("GET", "/echo").result(timeout=10)["method"] == "GET"
 

@@ -37,7 +37,7 @@ static void on_err_readable(evutil_socket_t fd, short what, void *arg)
     j->err_fd = -1;
 }
 
-static void add_job(sl_runner *rt, sl_job *j)
+void sl_jobs_add(sl_runner *rt, sl_job *j)
 {
     j->next = rt->jobs;
     rt->jobs = j;
@@ -100,7 +100,7 @@ int sl_job_run(sl_runner *rt, char *const argv[], sl_job_done_fn done, void *arg
     }
     j->err_fd = p[0];
     sl_job_watch_err(rt, j);
-    add_job(rt, j);
+    sl_jobs_add(rt, j);
     return 0;
 }
 
@@ -144,7 +144,7 @@ int sl_job_rm(sl_runner *rt, const char *path)
         _exit(sl_rm_rf(path) < 0 ? 1 : 0);
     }
     j->pid = pid;
-    add_job(rt, j);
+    sl_jobs_add(rt, j);
     return 0;
 }
 
@@ -176,7 +176,7 @@ pid_t sl_job_fork(sl_runner *rt, int keep_fd, int (*fn)(void *), void *fn_arg, s
         _exit(fn(fn_arg));
     }
     j->pid = pid;
-    add_job(rt, j);
+    sl_jobs_add(rt, j);
     return pid;
 }
 

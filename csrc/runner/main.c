@@ -4,7 +4,7 @@
  *            [--token-file FILE] [--log-file FILE] [--log-level LEVEL]
  *            [--pidfile FILE] [--max-sandboxes N] [--retention SECONDS] [--daemon]
  *            [--net-pool CIDR] [--pull-max-bytes N]
- *            [--pool N]
+ *            [--pool N] [--output-cap BYTES]
  *   sandlotd --version
  */
 #include <errno.h>
@@ -44,6 +44,7 @@ typedef struct opts {
     size_t max_sandboxes;
     size_t pool;
     double retention;
+    uint64_t output_cap;
     int snap_storage;
     unsigned long long pull_max_bytes;
     int daemon;
@@ -57,6 +58,7 @@ static void usage(FILE *f)
             "                [--log-level debug|info|warn|error] [--pidfile FILE]\n"
             "                [--max-sandboxes N] [--retention SECONDS] [--daemon]\n"
             "                [--snapshot-storage auto|erofs|dir]\n"
+            "                [--output-cap BYTES]   (unread output kept, all sandboxes)\n"
             "                [--net-pool CIDR]   (sandbox addresses, default " SL_NET_POOL_DEFAULT
             ")\n"
             "                [--pull-max-bytes N]   (unpacked bytes per pulled image, default "
@@ -116,6 +118,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"net-pool", required_argument, NULL, 'n'},
         {"pull-max-bytes", required_argument, NULL, 'B'},
         {"pool", required_argument, NULL, 'P'},
+        {"output-cap", required_argument, NULL, 'O'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -125,6 +128,7 @@ static int parse_args(int argc, char **argv, opts *o)
     o->max_sandboxes = DEFAULT_MAX_SANDBOXES;
     o->pool = DEFAULT_POOL;
     o->retention = SL_RETENTION;
+    o->output_cap = SL_OUTPUT_CAP;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
@@ -197,6 +201,17 @@ static int parse_args(int argc, char **argv, opts *o)
                 return -1;
             }
             break;
+        case 'O': {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*end != '\0' || optarg[0] == '-' || v < SL_OUTPUT_KEEP_MIN) {
+                fprintf(stderr, "sandlotd: --output-cap must be a byte count >= %zu\n",
+                        SL_OUTPUT_KEEP_MIN);
+                return -1;
+            }
+            o->output_cap = v;
+            break;
+        }
         case 'D':
             o->daemon = 1;
             break;
@@ -425,6 +440,7 @@ static void free_runner(sl_runner *rt)
     free(rt->sandboxes_dir);
     free(rt->buckets);
     free(rt->pbuckets);
+    sl_strv_free(rt->lost_ids, rt->nlost);
     if (rt->token != NULL) {
         explicit_bzero(rt->token, rt->token_len);
         free(rt->token);
@@ -477,6 +493,7 @@ int main(int argc, char **argv)
      * gets a user namespace in which it can (docs/architecture.md). */
     rt->userns = geteuid() != 0;
     rt->retention = o.retention;
+    rt->output_cap = o.output_cap;
     rt->snap_storage = o.snap_storage;
     rt->pull_max_bytes = o.pull_max_bytes ? o.pull_max_bytes : SL_OCI_MAX_BYTES_DEFAULT;
     int rc = sl_log_open(o.log_file, o.level);

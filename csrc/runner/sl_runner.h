@@ -24,7 +24,10 @@
 #include "sl_msg.h"
 #include "sl_sandbox.h"
 
-#define SL_OUTPUT_KEEP ((size_t)8 << 20)        /* bytes kept per stream */
+#define SL_OUTPUT_KEEP ((size_t)8 << 20)        /* default bytes kept per stream */
+#define SL_OUTPUT_KEEP_MIN ((size_t)64 << 10)   /* smallest output_keep */
+#define SL_OUTPUT_KEEP_MAX ((size_t)1 << 30)    /* largest output_keep */
+#define SL_OUTPUT_CAP ((uint64_t)2 << 30)       /* default --output-cap */
 #define SL_OUTPUT_DEFAULT_MAX ((size_t)1 << 20) /* default max_bytes of an output read */
 #define SL_OUTPUT_MAX ((size_t)64 << 20)        /* largest max_bytes honoured */
 #define SL_POLL_CAP 30.0                        /* long-poll cap, seconds */
@@ -84,12 +87,22 @@ typedef void (*sl_handler)(sl_req *r);
 
 /* ---- per process output: output.c ---- */
 
+/* Output goes from the pipe straight into a spool file in the sandbox's dir
+ * (so it counts against its disk limit, and not against the runner's
+ * memory); the file's offsets are the stream's absolute offsets, and dropped
+ * output is a punched hole before base. */
 typedef struct sl_stream {
-    int fd;               /* read end of the pipe, -1 once closed */
-    struct event *ev;     /* read event while fd is open */
-    struct evbuffer *buf; /* the newest <= SL_OUTPUT_KEEP bytes */
-    uint64_t base;        /* absolute offset of buf's first byte */
+    int fd;           /* read end of the pipe, -1 once closed */
+    struct event *ev; /* read event while fd is open */
+    struct sl_box *box;
+    int spool;         /* the spool file (O_TMPFILE in the sandbox dir), -1 once released */
+    uint64_t base;     /* first byte still kept; everything before was dropped */
+    uint64_t punched;  /* the file is a hole up to here (<= base, punched in steps) */
+    uint64_t end;      /* bytes received so far */
+    uint64_t consumed; /* highest offset a reader asked for: what it already has */
+    uint64_t dropped;  /* bytes dropped before any reader had them */
     int eof;
+    int paused;       /* the "block" policy stopped reading the pipe (window full) */
     sl_hold *readers; /* held output requests */
 } sl_stream;
 
@@ -172,7 +185,9 @@ typedef struct sl_box {
     long long oom_kills;           /* the cgroup's OOM kill count when init was reaped */
     struct sl_s3 *s3;              /* S3 buckets mounted with s3fs (s3.c) */
     size_t ns3;
-    sl_netbox *net; /* "network"/"ports" (net.c); NULL: lo only, the default */
+    sl_netbox *net;     /* "network"/"ports" (net.c); NULL: lo only, the default */
+    size_t output_keep; /* bytes of output kept per stream (output.c) */
+    int output_block;   /* policy when full: 1 block the writer, 0 drop the oldest */
 } sl_box;
 
 /* ---- resource limits: limits.c ---- */
@@ -269,6 +284,10 @@ typedef struct sl_runner {
     char *images_dir;
     char *volumes_dir;
     char *sandboxes_dir;
+    /* Ids of the sandboxes an earlier runner on this state dir had when it
+     * exited (sweep.c), sorted: a request for one is told it was lost. */
+    char **lost_ids;
+    size_t nlost;
     int lock_fd; /* flock on <state>/lock: one runner per state dir */
     char *token; /* TCP bearer token */
     size_t token_len;
@@ -287,6 +306,8 @@ typedef struct sl_runner {
     sl_box **pbuckets; /* live boxes and pool shells by init pid (pnext) */
     size_t npbuckets;
     size_t npids;
+    uint64_t output_cap;   /* --output-cap: output kept in spool files, all streams together */
+    uint64_t output_bytes; /* kept now (output.c) */
     sl_box *first, *last;
     size_t nvisible; /* listed sandboxes */
     size_t nalive;   /* sandboxes whose init is not reaped */
@@ -360,6 +381,14 @@ void sl_box_entry_started(sl_box *b);
 void sl_box_entry_failed(sl_box *b, const char *msg);
 void sl_box_init_reaped(sl_box *b, int wait_status);
 void sl_lifecycle_shutdown(sl_runner *rt);
+/* At start: remove the dirs, cgroups and mounts of sandboxes of an earlier
+ * runner on this state dir (sweep.c). */
+void sl_sweep_sandboxes(sl_runner *rt);
+/* At shutdown: record the sandboxes ending with this runner as lost for
+ * the next one (a restart). */
+void sl_sweep_note_shutdown(sl_runner *rt);
+/* 1 if id names a sandbox swept at start (see sl_runner.lost_ids). */
+int sl_sweep_was_lost(const sl_runner *rt, const char *id);
 /* Start a caller-filled box without a request (function workers); 0 or -1
  * with e set, the box then being freed or abandoned. */
 int sl_box_launch(sl_box *b, int hidden, const sl_bind *binds, size_t nbinds, sl_err *e);
@@ -398,6 +427,9 @@ int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *
 /* The environment of a process: defaults, the sandbox's env and secrets, then
  * extra (exec's env). NULL-terminated "K=V"; free with sl_env_free (wipes). */
 char **sl_env_build(const sl_box *b, const sl_kv *extra, size_t nextra);
+/* Refuse (400) an entry command whose argv and environment would not fit
+ * one SPAWN message, before anything is built for it. */
+int sl_spawn_fits(const sl_box *b, const char *cwd, char *const *argv, sl_err *e);
 void sl_env_free(char **envp);
 void sl_proc_started(sl_proc *p, pid_t pid);
 void sl_proc_spawn_failed(sl_proc *p, int err, const char *what);
@@ -412,7 +444,10 @@ void sl_h_stdin(sl_req *r);
 void sl_h_signal(sl_req *r);
 
 /* ---- output.c ---- */
-int sl_stream_open(sl_runner *rt, sl_stream *s, int fd);
+/* "output_policy" ("drop_oldest", "block") and "output_keep" (bytes) of a
+ * create body; defaults without them. */
+int sl_output_parse(sl_box *b, const msgpack_object *body, sl_err *e);
+int sl_stream_open(sl_box *b, sl_stream *s, int fd);
 void sl_stream_finish(sl_stream *s); /* read what is left, EOF, answer readers */
 void sl_stream_free(sl_stream *s);
 void sl_h_output(sl_req *r);
@@ -451,6 +486,19 @@ int sl_job_rm(sl_runner *rt, const char *path);
 pid_t sl_job_fork(sl_runner *rt, int keep_fd, int (*fn)(void *), void *fn_arg, sl_job_done_fn done,
                   void *arg);
 int sl_jobs_reaped(sl_runner *rt, pid_t pid, int status); /* 1 if pid was a job */
-void sl_jobs_shutdown(sl_runner *rt);                     /* wait for every job */
+void sl_jobs_add(sl_runner *rt, sl_job *j);               /* a child forked by the caller */
+
+/* ---- durable stores: storage/durable.c ---- */
+
+int sl_fsync_path(const char *path);   /* fsync a file or dir; 0 or -errno */
+int sl_fsync_parent(const char *path); /* fsync the dir holding path */
+int sl_fsync_tree(const char *path);   /* every file and dir below path (blocking) */
+/* sl_fsync_tree in a child job; done(rt, arg, wait_status, "") when it ends. */
+int sl_job_fsync_tree(sl_runner *rt, const char *path, sl_job_done_fn done, void *arg);
+/* path.tmp, fsync, rename to path, fsync the dir. */
+int sl_write_durable(const char *path, const void *data, size_t len);
+/* Test-only: _exit(86) here if SANDLOT_TEST_FAULT names this point. */
+void sl_fault(const char *point);
+void sl_jobs_shutdown(sl_runner *rt); /* wait for every job */
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "sl_mountinfo.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -403,6 +404,66 @@ void sl_cgroup_destroy(sl_cgroup *cg)
     }
     cg->n = 0;
     cg->v2_index = cg->freezer_index = -1;
+}
+
+/* ---- leftovers of a runner that is gone ---- */
+
+/* Kill every member of dir and of its descendants, then remove them all,
+ * deepest first. Returns how many directories were removed. */
+static int sweep_tree(const char *dir, int is_v2, int depth)
+{
+    int removed = 0;
+    DIR *d;
+
+    if (depth > 16)
+        return 0;
+    /* cgroup.kill covers the whole subtree at once; v1 lists members per dir. */
+    if (!is_v2 || write_file(dir, "cgroup.kill", "1") < 0)
+        kill_listed(dir);
+    if ((d = opendir(dir)) != NULL) {
+        struct dirent *de;
+
+        while ((de = readdir(d)) != NULL) {
+            char sub[PATH_MAX];
+
+            if (de->d_type != DT_DIR || strcmp(de->d_name, ".") == 0 ||
+                strcmp(de->d_name, "..") == 0)
+                continue;
+            if (snprintf(sub, sizeof(sub), "%s/%s", dir, de->d_name) >= (int)sizeof(sub))
+                continue;
+            removed += sweep_tree(sub, is_v2, depth + 1);
+        }
+        closedir(d);
+    }
+    /* EBUSY while killed members finish exiting: a bounded wait. */
+    for (int tries = 0; rmdir(dir) < 0; tries++) {
+        if (errno != EBUSY || tries >= 200)
+            return removed;
+        if (!is_v2)
+            kill_listed(dir);
+        sleep_ms(tries < 10 ? 1 : 5);
+    }
+    return removed + 1;
+}
+
+int sl_cgroup_sweep(const char *id)
+{
+    int removed = 0;
+
+    if (!valid_id(id))
+        return -EINVAL;
+    sl_cgroup_detect();
+    for (int i = 0; i < layout.n; i++) {
+        char path[PATH_MAX];
+        struct stat st;
+
+        if (snprintf(path, sizeof(path), "%s/%s", layout.base[i].dir, id) >= (int)sizeof(path))
+            continue;
+        if (lstat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+            continue;
+        removed += sweep_tree(path, layout.base[i].is_v2, 0);
+    }
+    return removed;
 }
 
 /* ---- limits ---- */

@@ -62,5 +62,11 @@ int sl_cgroup_attach(const sl_cgroup *cg, pid_t pid);
 void sl_cgroup_kill(const sl_cgroup *cg);
 /* rmdir every dir (retrying briefly while the kernel drains) and free paths. */
 void sl_cgroup_destroy(sl_cgroup *cg);
+/* Remove the cgroups of sandbox id left by a runner that is gone, in every
+ * hierarchy: kill whatever still runs in them (and in sub-cgroups), then
+ * rmdir deepest first. Only for ids the caller owns (its state dir names
+ * them): "sandlot/" is shared by every runner of this cgroup. Returns the
+ * number of directories removed, or -EINVAL for a bad id. */
+int sl_cgroup_sweep(const char *id);
 
 #endif

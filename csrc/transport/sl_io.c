@@ -212,6 +212,19 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+/* Called once a connection is up, just before the request goes out on it:
+ * from then on a lost connection means the runner had the request. */
+static int on_prereq(void *arg, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                     int conn_local_port)
+{
+    (void)conn_primary_ip;
+    (void)conn_local_ip;
+    (void)conn_primary_port;
+    (void)conn_local_port;
+    ((sl_req *)arg)->sent = true;
+    return CURL_PREREQFUNC_OK;
+}
+
 static CURLcode configure(sl_req *req, CURL *e, int64_t now)
 {
     const sl_endpoint *ep = req->ep;
@@ -231,6 +244,8 @@ static CURLcode configure(sl_req *req, CURL *e, int64_t now)
     SET(CURLOPT_WRITEFUNCTION, on_write);
     SET(CURLOPT_WRITEDATA, (void *)req);
     SET(CURLOPT_ERRORBUFFER, req->errbuf);
+    SET(CURLOPT_PREREQFUNCTION, on_prereq);
+    SET(CURLOPT_PREREQDATA, (void *)req);
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     /* http_proxy in the environment must not reroute runner traffic. */
     SET(CURLOPT_PROXY, "");
@@ -374,7 +389,7 @@ static long probe_unix(const char *path)
 static bool maybe_park(sl__transport *t, sl_req *req, CURLcode code, long oserr, int64_t now)
 {
     if (code != CURLE_COULDNT_CONNECT || (oserr != 0 && oserr != EAGAIN) ||
-        req->ep->unix_path == NULL || req->res.body_len != 0)
+        req->ep->unix_path == NULL || req->res.body_len != 0 || req->sent)
         return false;
     int64_t delay_ms = (int64_t)SL_RETRY_STEP_MS * (req->attempts + 1);
     if (delay_ms > SL_RETRY_MAX_DELAY_MS)
@@ -422,6 +437,19 @@ static void finish(sl__transport *t, sl_req *req, CURLcode code)
     } else if (code == CURLE_OPERATION_TIMEDOUT) { /* only the connect timeout applies */
         sl__req_fail(req, SL_FAIL_TIMEOUT, 0, "connecting to %s timed out after %ld s", base,
                      SL_CONNECT_TIMEOUT_MS / 1000);
+    } else if (req->sent && (code == CURLE_COULDNT_CONNECT || code == CURLE_GOT_NOTHING ||
+                             code == CURLE_RECV_ERROR || code == CURLE_SEND_ERROR ||
+                             code == CURLE_PARTIAL_FILE)) {
+        /* libcurl retries a request whose reused connection died once on a
+         * fresh connect: a refused connect after the request went out still
+         * means the runner went away while it held the request. */
+        sl__req_fail(req, SL_FAIL_LOST, 0,
+                     "the runner exited while this call was running (%s %s to %s: %s)", req->method,
+                     req->path, base,
+                     code == CURLE_COULDNT_CONNECT ? "connection closed before the answer, "
+                                                     "reconnecting refused"
+                     : req->errbuf[0] != '\0'      ? req->errbuf
+                                                   : curl_easy_strerror(code));
     } else if (code == CURLE_COULDNT_CONNECT) {
         if (oserr != 0 && oserr != EAGAIN)
             sl__req_fail(req, SL_FAIL_UNAVAILABLE, 0, "cannot connect to %s: %s", base,

@@ -49,6 +49,7 @@ enum sl_fail {
     SL_FAIL_TIMEOUT = 2,     /* the request's own timeout expired */
     SL_FAIL_TOO_LARGE = 3,   /* response body above SL_MAX_BODY */
     SL_FAIL_INTERNAL = 4,    /* out of memory or a libcurl misuse: a bug, not the runner */
+    SL_FAIL_LOST = 5,        /* the request reached the runner, which went away before answering */
 };
 
 typedef struct sl_result {

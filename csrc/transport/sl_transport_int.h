@@ -68,6 +68,7 @@ struct sl_req {
     unsigned attempts;
     size_t cap; /* allocated size of res.body */
     bool too_large, nomem;
+    bool sent; /* a connection was up and the request went out on it (PREREQ) */
     char errbuf[CURL_ERROR_SIZE];
     sl__cmd submit_cmd, cancel_cmd;
 

@@ -39,6 +39,7 @@ from .errors import (
     NotFoundError,
     PlacementError,
     RequestTimeoutError,
+    RunnerExitedError,
     RunnerUnavailableError,
     SandboxError,
     SandboxNotRunningError,
@@ -58,7 +59,15 @@ from .function import (
     wait,
 )
 from .image import Image
-from .process import InputStream, OutputStream, ProcessInfo, SandboxProcess
+from .process import (
+    DroppedBytesMarker,
+    DroppedMarker,
+    InputStream,
+    OutputDroppedWarning,
+    OutputStream,
+    ProcessInfo,
+    SandboxProcess,
+)
 from .network import NetworkOptions, Tunnel
 from .resources import ResourceOptions
 from .sandbox import Sandbox, SandboxInfo, SandboxSnapshot
@@ -82,6 +91,9 @@ __all__ = [
     "NetworkOptions",
     "Tunnel",
     "OutputStream",
+    "OutputDroppedWarning",
+    "DroppedMarker",
+    "DroppedBytesMarker",
     "InputStream",
     "Image",
     "Secret",
@@ -93,6 +105,7 @@ __all__ = [
     "InvalidArgumentError",
     "SandboxNotRunningError",
     "SpawnError",
+    "RunnerExitedError",
     "RunnerUnavailableError",
     "AuthenticationError",
     "ImagePullError",

@@ -99,6 +99,11 @@ class Blocking:
         return f"Blocking({getattr(self.fn, '__qualname__', self.fn)!r})"
 
 
+#: Set by session.py: ``resend_hook(ref, exc)`` returns a new ref for a request
+#: worth sending once more after a runner restart, or None (may block).
+resend_hook: Callable[[Any, BaseException], Any] | None = None
+
+
 def run(gen: Any) -> Any:
     """Drive an op to completion on the calling thread and return its value.
 
@@ -122,7 +127,14 @@ def run(gen: Any) -> Any:
             if isinstance(item, Blocking):
                 value = item.fn(*item.args)
             else:
-                value = cast("_core.OperationRef[Any]", item).result()
+                try:
+                    value = cast("_core.OperationRef[Any]", item).result()
+                except ConnectionError as exc:  # RunnerUnavailableError and kin
+                    again = resend_hook(item, exc) if resend_hook is not None else None
+                    if again is None:
+                        raise
+                    item = None  # the failed ref (and its traceback) can go
+                    value = again.result()
         except BaseException as exc:  # noqa: B902 - re-raised inside the op
             value = None
             error = exc
@@ -154,7 +166,18 @@ async def run_async(gen: Any) -> Any:
                 value = await loop.run_in_executor(None, functools.partial(item.fn, *item.args))
             else:
                 try:
-                    value = await cast("Awaitable[Any]", item)
+                    try:
+                        value = await cast("Awaitable[Any]", item)
+                    except ConnectionError as exc:  # RunnerUnavailableError and kin
+                        hook = resend_hook
+                        if hook is None:
+                            raise
+                        loop = asyncio.get_running_loop()
+                        again = await loop.run_in_executor(None, hook, item, exc)
+                        if again is None:
+                            raise
+                        item = again
+                        value = await cast("Awaitable[Any]", item)
                 except asyncio.CancelledError:
                     cancel = getattr(item, "cancel", None)
                     if cancel is not None:

@@ -98,7 +98,14 @@ class _Collector:
                 return
             except errors.SandboxError as exc:
                 failures += 1
-                if failures >= 5 or isinstance(exc, errors.NotFoundError):
+                if isinstance(exc, errors.RunnerUnavailableError) and exc.status == 0:
+                    # The runner that holds these calls is gone (a new one
+                    # does not know them): fail them now, with the reason.
+                    with self._cv:
+                        ids = list(self._pending)
+                    self.fail(ids, 0, "runner_exited", f"the runner exited while this call was running ({exc})")
+                    failures = 0
+                elif failures >= 5 or isinstance(exc, errors.NotFoundError):
                     with self._cv:
                         ids = list(self._pending)
                     self.fail(ids, exc.status, exc.code, f"lost contact with the runner: {exc}")

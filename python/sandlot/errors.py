@@ -30,6 +30,7 @@ __all__ = [
     "SandboxNotRunningError",
     "SpawnError",
     "RunnerUnavailableError",
+    "RunnerExitedError",
     "AuthenticationError",
     "RequestTimeoutError",
     "ImagePullError",
@@ -111,6 +112,22 @@ class RunnerUnavailableError(SandboxError, ConnectionError):
     """The sandlot runner could not be reached, or is shutting down / at capacity."""
 
     default_code = "unavailable"
+
+
+class RunnerExitedError(RunnerUnavailableError):
+    """The runner had this request and went away (crash, kill, restart) before
+    answering: the message says "the runner exited while this call was running".
+
+    Whether the call took effect is unknown. sandlot resends such a call once
+    by itself only when that is safe (a ``GET`` of runner-wide state); others
+    are for the caller to check and retry.
+
+    Example:
+        >>> issubclass(RunnerExitedError, RunnerUnavailableError)
+        True
+    """
+
+    default_code = "runner_exited"
 
 
 class AuthenticationError(SandboxError, PermissionError):
@@ -198,6 +215,7 @@ _BY_CODE: dict[str, type[SandboxError]] = {
     "conflict": SandboxNotRunningError,
     "spawn_failed": SpawnError,
     "unavailable": RunnerUnavailableError,
+    "runner_exited": RunnerExitedError,
     "unauthorized": AuthenticationError,
     "timeout": RequestTimeoutError,
     "node_lost": NodeLostError,
@@ -225,8 +243,8 @@ def error_from_response(status: int, code: str, message: str) -> BaseException:
     """
     global unavailable_generation
     cls = _BY_CODE.get(code, SandboxError)
-    if cls is RunnerUnavailableError:
+    if issubclass(cls, RunnerUnavailableError):
         unavailable_generation += 1
-        if _UNAVAILABLE_HINT not in message:
+        if cls is RunnerUnavailableError and _UNAVAILABLE_HINT not in message:
             message = f"sandlot runner unavailable: {message} ({_UNAVAILABLE_HINT})"
     return cls(message, code=code, status=status)

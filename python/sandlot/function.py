@@ -406,6 +406,8 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
         self._direct_dir: str | None = None
         self._direct = DirectState()
         self._shapes: set[Any] = set()
+        self._reg_runner: str | None = None  # runner_id of the registration
+        self._reg_gen = -1  # errors.unavailable_generation when last checked
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
@@ -499,13 +501,30 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
         return body
 
     def _ensure(self) -> tuple[Session, str]:
+        """The session and this function's id on its current runner.
+
+        Registers on first use, and again with a runner that replaced the one
+        it was registered with (a crash, ``sandlot runner restart``): checked
+        when the session saw the runner exit or a request fail as
+        unavailable since the registration.
+        """
         sess = self._sess()
+        sess._check_runner()
         fid = self._fn_id
-        if fid is not None and self._reg_session is sess:
+        if fid is not None and self._reg_session is sess and self._reg_gen == errors.unavailable_generation \
+                and self._reg_runner == sess._runner_id:
             return sess, fid
         with self._lock:
-            if self._fn_id is None or self._reg_session is not sess:
-                sess.health()  # starts the embedded runner if needed
+            gen = errors.unavailable_generation
+            if self._fn_id is not None and self._reg_session is sess and self._reg_gen == gen \
+                    and self._reg_runner == sess._runner_id:
+                return sess, self._fn_id
+            health = sess.health()  # starts the embedded runner if needed
+            rid = health.get("runner_id")
+            if self._fn_id is None or self._reg_session is not sess or rid != self._reg_runner:
+                if self._fn_id is not None:
+                    log.info("registering %s again with the new runner %s (was %s on %s)",
+                             _qualname(self._fn), rid, self._fn_id, self._reg_runner)
                 resp = sess.request("POST", "/v1/functions", self._registration()).result()
                 self._direct.release()
                 self._direct = DirectState()
@@ -513,6 +532,8 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
                                     if sess.base_url.startswith("unix://") and _DIRECT else None)
                 self._fn_id = resp["function"]["function_id"]
                 self._reg_session = sess
+                self._reg_runner = rid
+            self._reg_gen = gen
             return sess, self._fn_id
 
     @property
@@ -578,6 +599,8 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
             raise concurrent.futures.CancelledError(msg)
         if status == "crashed":
             raise WorkerCrashedError(msg, code="crashed")
+        if status == "runner_exited":
+            raise errors.RunnerExitedError(msg, code="runner_exited")
         raise RemoteError(msg, code=status or "failed")
 
     def _rebuild(self, data: bytes) -> BaseException:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import signal as _signal
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
@@ -36,7 +37,15 @@ from .session import POLL_SLACK, Session
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["SandboxProcess", "ProcessInfo", "OutputStream", "InputStream"]
+__all__ = [
+    "SandboxProcess",
+    "ProcessInfo",
+    "OutputStream",
+    "InputStream",
+    "OutputDroppedWarning",
+    "DroppedMarker",
+    "DroppedBytesMarker",
+]
 
 log = logging.getLogger("sandlot")
 
@@ -119,6 +128,45 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+class OutputDroppedWarning(UserWarning):
+    """Some output of a process was dropped before it was read (the sandbox's
+    ``output_keep`` window was full and its ``output_policy`` is ``"drop_oldest"``).
+    Issued once per stream; ``OutputStream.dropped_bytes`` has the count."""
+
+
+class DroppedMarker(str):
+    """What iterating an :class:`OutputStream` yields where output was dropped:
+    a ``str`` (so it prints, e.g. ``"[sandlot: 1048576 bytes of stdout dropped]\\n"``)
+    with ``nbytes``, the count. ``iter_bytes()`` yields its ``bytes`` twin,
+    :class:`DroppedBytesMarker`. Tell either apart with ``isinstance``.
+
+    Example:
+        >>> m = DroppedMarker.of(10, "stdout")
+        >>> m, m.nbytes
+        ('[sandlot: 10 bytes of stdout dropped]\\n', 10)
+    """
+
+    nbytes: int
+
+    @classmethod
+    def of(cls, nbytes: int, stream: str) -> DroppedMarker:
+        m = cls(f"[sandlot: {nbytes} bytes of {stream} dropped]\n")
+        m.nbytes = nbytes
+        return m
+
+
+class DroppedBytesMarker(bytes):
+    """The ``bytes`` twin of :class:`DroppedMarker`, from ``iter_bytes()``."""
+
+    nbytes: int
+
+    @classmethod
+    def of(cls, nbytes: int, stream: str) -> DroppedBytesMarker:
+        m = cls(f"[sandlot: {nbytes} bytes of {stream} dropped]\n".encode())
+        m.nbytes = nbytes
+        return m
+
+
 class OutputStream:
     """stdout or stderr of a process inside a sandbox.
 
@@ -138,6 +186,20 @@ class OutputStream:
         self._offset = 0  # next byte to ask the runner for
         self._pending = bytearray()  # fetched but not yet handed out
         self._eof = False
+        self._dropped = 0  # bytes the runner dropped before we read them
+        self._gaps: list[tuple[int, int]] = []  # (position in _pending, bytes dropped there)
+
+    @property
+    def truncated(self) -> bool:
+        """True once some output of this stream was dropped before it was read."""
+        return self._dropped > 0
+
+    @property
+    def dropped_bytes(self) -> int:
+        """How many bytes of this stream were dropped before they were read
+        (the runner keeps ``output_keep`` unread bytes per stream; see
+        ``Sandbox.create(output_policy=...)``)."""
+        return self._dropped
 
     @property
     def name(self) -> str:
@@ -165,14 +227,21 @@ class OutputStream:
         )
         data: bytes = resp.get("data") or b""
         end = int(resp.get("offset", self._offset + len(data)))  # where the next read starts
-        if resp.get("truncated"):
-            log.warning(
-                "%s %s: output bytes %d..%d were dropped by the runner (it keeps the newest 8 MiB)",
-                self._path,
-                self._name,
-                self._offset,
-                end - len(data),
-            )
+        dropped = int(resp.get("dropped_bytes") or 0)
+        if resp.get("truncated") and dropped == 0:
+            dropped = max(0, end - len(data) - self._offset)  # a runner without dropped_bytes
+        if dropped:
+            if self._dropped == 0:
+                warnings.warn(
+                    f"{self._path} {self._name}: {dropped} bytes of output were dropped before they were read "
+                    "(the sandbox keeps output_keep unread bytes per stream; read sooner, raise output_keep, "
+                    "or create it with output_policy='block')",
+                    OutputDroppedWarning,
+                    stacklevel=2,
+                )
+            log.warning("%s %s: %d bytes of output dropped at byte %d", self._path, self._name, dropped, self._offset)
+            self._dropped += dropped
+            self._gaps.append((len(self._pending), dropped))
         self._offset = end
         self._pending += data
         if resp.get("eof"):
@@ -194,7 +263,26 @@ class OutputStream:
         else:
             out = bytes(self._pending[:n])
             del self._pending[:n]
+        taken = len(out)
+        if self._gaps and taken:
+            # Marks inside what a bulk read took are passed over (the data is
+            # joined; dropped_bytes and the warning tell); a mark right after
+            # it moves to the head.
+            self._gaps = [(pos - taken, k) for pos, k in self._gaps if pos >= taken]
         return out
+
+    def _gap_here(self) -> int:
+        """Bytes dropped right before the next pending byte (0: none); consumes the mark."""
+        if self._gaps and self._gaps[0][0] == 0:
+            return self._gaps.pop(0)[1]
+        return 0
+
+    def _until_gap(self) -> int | None:
+        """Pending bytes before the next gap mark (None: no mark ahead)."""
+        for pos, _ in self._gaps:
+            if pos > 0:
+                return pos
+        return None
 
     # -- public ops -----------------------------------------------------------
     @op
@@ -228,19 +316,28 @@ class OutputStream:
         return _decode(self._take())
 
     def _next_chunk(self) -> Op[bytes | _End]:
-        if not self._pending:
+        if not self._pending and not self._gaps:
             yield from self._fill()
+        gap = self._gap_here()
+        if gap:
+            return DroppedBytesMarker.of(gap, self._name)
         if not self._pending:
             return _END
-        return self._take()
+        return self._take(self._until_gap())
 
     def _next_line(self) -> Op[str | _End]:
         # Splitting on b"\n" before decoding is safe: 0x0A never occurs inside a
         # multi-byte UTF-8 sequence.
         while True:
-            i = self._pending.find(b"\n")
+            gap = self._gap_here()
+            if gap:
+                return DroppedMarker.of(gap, self._name)
+            stop = self._until_gap()
+            i = self._pending.find(b"\n", 0, stop if stop is not None else len(self._pending))
             if i >= 0:
                 return _decode(self._take(i + 1))
+            if stop is not None:
+                return _decode(self._take(stop))  # a line cut short by dropped output
             if not (yield from self._fill()):
                 if self._pending:
                     return _decode(self._take())

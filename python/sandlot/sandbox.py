@@ -178,6 +178,8 @@ class Sandbox:
         s3_mounts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None = None,
         network: NetworkOptions | Mapping[str, Any] | None = None,
         ports: Sequence[int | Mapping[str, Any]] | None = None,
+        output_policy: str = "drop_oldest",
+        output_keep: int | None = None,
     ) -> Op[Sandbox]:
         """Start a sandbox running ``cmd``; returns once the command has started.
 
@@ -224,6 +226,16 @@ class Sandbox:
                 :mod:`sandlot.network`).
             ports: TCP ports inside (``[8000]`` or ``[{"container_port":
                 8000}]``) exposed on host loopback ports; see :meth:`tunnels`.
+            output_policy: what happens to a process's stdout/stderr that no
+                client reads once ``output_keep`` bytes of it wait:
+                ``"drop_oldest"`` (default: the oldest bytes go, and the reader
+                is told, see :class:`sandlot.process.OutputStream`) or
+                ``"block"`` (the runner stops reading, so the process blocks
+                on its next write until a client reads).
+            output_keep: bytes of unread output kept per stream (default
+                8 MiB, 64 KiB .. 1 GiB). Kept in a spool file in the runner's
+                state dir (under its ``--output-cap`` for all sandboxes), not
+                in the runner's memory.
 
         Raises:
             TypeError / ValueError: bad arguments (nothing was sent).
@@ -238,6 +250,11 @@ class Sandbox:
             >>> sb.terminate()                                     # doctest: +SKIP
         """
         argv = _validate.command(cmd, what="cmd")
+        if output_policy not in ("drop_oldest", "block"):
+            raise ValueError(f"output_policy must be 'drop_oldest' or 'block', got {output_policy!r}")
+        if output_keep is not None and (isinstance(output_keep, bool) or not isinstance(output_keep, int)
+                                        or not 64 << 10 <= output_keep <= 1 << 30):
+            raise ValueError(f"output_keep must be an int of bytes from 65536 to 1073741824, got {output_keep!r}")
         res = resources_wire(resources)
         net = network_wire(network)
         port_list = ports_wire(ports)
@@ -341,6 +358,10 @@ class Sandbox:
             body["ports"] = port_list
         if s3_wire:
             body["s3_mounts"] = s3_wire
+        if output_policy != "drop_oldest":
+            body["output_policy"] = output_policy
+        if output_keep is not None:
+            body["output_keep"] = output_keep
         try:
             resp = yield sess.request("POST", "/v1/sandboxes", body, timeout=CREATE_TIMEOUT)
         except SandboxError as exc:

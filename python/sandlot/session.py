@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
+import weakref
 from typing import Any
 
-from . import _core, errors
+from . import _aio, _core, errors
 from ._aio import Blocking, Op, op
-from ._runtime import RuntimePaths, runner_binary, runtime_paths, start_runner
+from ._runtime import RuntimePaths, _is_running_sandlotd, runner_binary, runtime_paths, start_runner
 
 __all__ = ["Session", "default_session"]
 
@@ -127,6 +129,11 @@ class Session:
         # The runner was seen healthy at this errors.unavailable_generation; -1: never.
         self._autostart = autostart and self._paths is not None
         self._ready_gen = -1 if self._autostart else 0
+        # The runner last seen healthy: its id and, for a local one, a pidfd
+        # that becomes readable when it exits (see _check_runner).
+        self._runner_id: str | None = None
+        self._runner_pidfd: int | None = None
+        self._runner_poll: Any = None
 
     # -- properties ---------------------------------------------------------
     @property
@@ -167,7 +174,72 @@ class Session:
             True
         """
         log.debug("request %s %s", method, path)
-        return self._client.request(method, path, body, timeout=timeout)
+        self._check_runner()
+        ref = self._client.request(method, path, body, timeout=timeout)
+        _sent[ref] = (self, method, path, body, timeout)
+        return ref
+
+    # -- recovering from a runner restart ------------------------------------
+    def _note_runner(self, health: dict[str, Any]) -> None:
+        """Remember the runner that answered ``health``: its id, and a pidfd of
+        it when it is local (a unix socket and a sandlotd we can see)."""
+        rid = health.get("runner_id")
+        if rid == self._runner_id and (self._runner_pidfd is not None or not self._base_url.startswith("unix://")):
+            return
+        self._drop_pidfd()
+        self._runner_id = rid if isinstance(rid, str) else None
+        pid = health.get("pid")
+        if not self._base_url.startswith("unix://") or not isinstance(pid, int) or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return  # another pid namespace, or gone already
+        # Checked after opening: the fd then names this very process.
+        if not _is_running_sandlotd(pid):
+            os.close(fd)
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        self._runner_pidfd, self._runner_poll = fd, poller
+
+    def _drop_pidfd(self) -> None:
+        fd, self._runner_pidfd, self._runner_poll = self._runner_pidfd, None, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _check_runner(self) -> None:
+        """If the local runner this session talks to has exited, find its
+        successor before the next request goes out: start the embedded one
+        (autostart), or take note of one someone else started. One poll(2)
+        of a pidfd when nothing happened."""
+        poller = self._runner_poll
+        if poller is None or not poller.poll(0):
+            return
+        with self._lock:
+            if self._runner_poll is not poller:
+                return  # another thread did it
+            log.info("the sandlot runner %s exited; reconnecting", self._runner_id)
+            self._drop_pidfd()
+            self._ready_gen = -1 if self._autostart else 0
+        self._reconnect()
+
+    def _reconnect(self) -> bool:
+        """Blocking: make sure a runner answers (starting the embedded one if
+        this session may); True if one does."""
+        try:
+            if self._autostart:
+                self._start_embedded()
+            health = self._client.request("GET", "/v1/health", None, timeout=10.0).result()
+        except errors.SandboxError as exc:
+            log.debug("no runner after a restart: %s", exc)
+            return False
+        self._ready_gen = errors.unavailable_generation
+        self._note_runner(health)
+        return True
 
     def _ensure(self) -> Op[None]:
         """Op: make sure the embedded runner is up (no-op for a configured URL).
@@ -183,8 +255,10 @@ class Session:
         except errors.RunnerUnavailableError:
             yield Blocking(self._start_embedded)
             gen = errors.unavailable_generation
+            health = yield self._client.request("GET", "/v1/health", None, timeout=10.0)
         else:
             _warn_if_other_build(health)
+        self._note_runner(health)
         self._ready_gen = gen
 
     def _health_ok(self) -> bool:
@@ -217,6 +291,7 @@ class Session:
         """
         yield from self._ensure()
         resp: dict[str, Any] = yield self.request("GET", "/v1/health", timeout=30.0)
+        self._note_runner(resp)
         return resp
 
     # -- remote functions ---------------------------------------------------
@@ -239,6 +314,7 @@ class Session:
 
         Sandboxes are not affected: they live in the runner until terminated.
         """
+        self._drop_pidfd()
         self._client.close()
 
     def __enter__(self) -> Session:
@@ -305,3 +381,48 @@ def _warn_if_other_build(health: dict[str, Any]) -> None:
             exe,
             mine,
         )
+
+
+# Requests sent through Session.request, for resending one once (below). Weak:
+# an entry lives as long as its ref.
+_sent: weakref.WeakKeyDictionary[Any, tuple[Session, str, str, Any, float | None]] = weakref.WeakKeyDictionary()
+
+#: Runner-wide reads that mean the same to any runner on this state dir: resent
+#: once when the runner exits while they run. Anything naming a sandbox,
+#: process or function id (ids of one runner) or changing state is not.
+_RESEND_PREFIXES = ("/v1/health", "/v1/snapshots", "/v1/volumes", "/v1/images")
+
+
+def _safe_to_resend(method: str, path: str) -> bool:
+    return method == "GET" and path.startswith(_RESEND_PREFIXES)
+
+
+def _resend(ref: Any, exc: BaseException) -> Any:
+    """The ops' drivers call this (blocking) when a ref failed: a new ref for
+    the same request if it is worth sending once more, else None.
+
+    Resent once: a request that never reached the runner (connect failed)
+    after this session found or started a runner; a request the runner had
+    when it exited, only if it is a runner-wide read (``_safe_to_resend``).
+    """
+    if not isinstance(exc, errors.RunnerUnavailableError) or exc.status != 0:
+        return None
+    entry = _sent.pop(ref, None)
+    if entry is None:
+        return None
+    sess, method, path, body, timeout = entry
+    if isinstance(exc, errors.RunnerExitedError):
+        if not _safe_to_resend(method, path):
+            return None
+    elif "cannot connect" not in str(exc):
+        return None  # a closed session, a fork: nothing a resend fixes
+    with sess._lock:
+        sess._drop_pidfd()
+    if not sess._reconnect():
+        return None
+    log.info("resending %s %s to the new runner %s", method, path, sess._runner_id)
+    new = sess._client.request(method, path, body, timeout=timeout)
+    return new
+
+
+_aio.resend_hook = _resend

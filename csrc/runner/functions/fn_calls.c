@@ -148,6 +148,8 @@ static const char *out_name(enum sl_cout o)
         return "crashed";
     case SL_CO_FAILED:
         return "failed";
+    case SL_CO_EXITED:
+        return "runner_exited";
     default:
         return "pending";
     }

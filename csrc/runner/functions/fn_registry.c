@@ -242,6 +242,16 @@ int sl_fn_parse(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err *e)
     }
     if (sl_fn_apply_profiles(f, body, e) < 0)
         return -1;
+    {
+        /* Every worker starts with this command and environment: one that
+         * cannot fit a spawn is refused now, not at every worker start. */
+        sl_box probe;
+        memset(&probe, 0, sizeof(probe));
+        probe.env = f->env;
+        probe.nenv = f->nenv;
+        if (sl_spawn_fits(&probe, f->workdir, f->cmd, e) < 0)
+            return -1;
+    }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t dflt_workers = ncpu < 1 ? 1 : ncpu > 4 ? 4 : ncpu;
     int64_t maxw, minw, pipe;
@@ -412,7 +422,8 @@ void sl_fn_shutdown(sl_runner *rt)
         }
         sl_fn_drop_workers(f);
         while (f->queue.head != NULL)
-            sl_call_fail(f->queue.head, SL_CO_CANCELLED, "the runner is shutting down");
+            sl_call_fail(f->queue.head, SL_CO_EXITED,
+                         "the runner exited while this call was running (it was stopped)");
         sl_fn_free(f);
     }
     sl_calls_shutdown();

@@ -53,6 +53,7 @@ enum sl_cout {
     SL_CO_CANCELLED, /* cancelled queued, or running (worker replaced) */
     SL_CO_CRASHED,   /* the worker died while running it */
     SL_CO_FAILED,    /* no worker could be started / the function did not load */
+    SL_CO_EXITED,    /* the runner shut down (stop, restart) before it finished */
 };
 
 typedef struct sl_call {

@@ -80,6 +80,27 @@ fail:
     return NULL;
 }
 
+int sl_spawn_fits(const sl_box *b, const char *cwd, char *const *argv, sl_err *e)
+{
+    size_t cap = SL_CTL_MAX_MSG - sizeof(sl_ctl_hdr);
+    char **envp = sl_env_build(b, NULL, 0);
+    if (envp == NULL)
+        return sl_err_set(e, 500, "out of memory");
+    /* What sl_ctl_pack_spawn writes: NUL-terminated cwd, argc, argv, env. */
+    size_t argc = 0, need = strlen(cwd != NULL ? cwd : "") + 1 + 24;
+    for (; argv[argc] != NULL; argc++)
+        need += strlen(argv[argc]) + 1;
+    for (char **v = envp; *v != NULL; v++)
+        need += strlen(*v) + 1;
+    sl_env_free(envp);
+    if (need > cap)
+        return sl_err_set(e, 400,
+                          "command and environment take %zu bytes, more than the %zu byte limit of "
+                          "a spawn",
+                          need, cap);
+    return 0;
+}
+
 static void close_pair(int p[2])
 {
     for (int i = 0; i < 2; i++) {
@@ -98,7 +119,6 @@ static int set_nonblock(int fd)
 int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *envp, sl_err *e)
 {
     sl_box *b = p->box;
-    sl_runner *rt = b->rt;
     int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
     char *buf = NULL;
     long len = 0;
@@ -114,16 +134,20 @@ int sl_proc_launch(sl_proc *p, const char *cwd, char *const *argv, char *const *
     }
     /* Readers exist before the process does, so no output can be missed. */
     p->in_buf = evbuffer_new();
-    if (p->in_buf == NULL || sl_stream_open(rt, &p->out[0], out[0]) < 0) {
-        sl_err_set(e, 500, "libevent: cannot watch the output pipe");
+    if (p->in_buf == NULL) {
+        sl_err_set(e, 500, "evbuffer_new: out of memory");
         goto out;
     }
-    out[0] = -1;
-    if (sl_stream_open(rt, &p->out[1], err[0]) < 0) {
-        sl_err_set(e, 500, "libevent: cannot watch the output pipe");
-        goto out;
+    for (int i = 0; i < 2; i++) {
+        int *rd = i == 0 ? &out[0] : &err[0];
+        if (sl_stream_open(b, &p->out[i], *rd) < 0) {
+            sl_err_set(e, errno == ENOSPC || errno == EMFILE || errno == ENFILE ? 503 : 500,
+                       "cannot spool the output of the process in %s: %s", b->rt->sandboxes_dir,
+                       strerror(errno));
+            goto out;
+        }
+        *rd = -1;
     }
-    err[0] = -1;
     size_t cap = SL_CTL_MAX_MSG - sizeof(sl_ctl_hdr);
     buf = malloc(cap);
     if (buf == NULL) {

@@ -21,7 +21,12 @@
 sl_box *sl_req_box(sl_req *r)
 {
     sl_box *b = r->p[0] != NULL ? sl_reg_find(r->rt, r->p[0]) : NULL;
-    if (b == NULL)
+    if (b == NULL && sl_sweep_was_lost(r->rt, r->p[0]))
+        sl_reply_error(r, 404,
+                       "sandbox '%.64s' was lost: the runner it ran under exited (crash, kill "
+                       "or restart) and its processes ended with it",
+                       r->p[0]);
+    else if (b == NULL)
         sl_reply_error(r, 404, "sandbox '%.64s' not found", r->p[0] != NULL ? r->p[0] : "");
     return b;
 }
@@ -81,7 +86,10 @@ void sl_box_finalise(sl_box *b)
         if (p == NULL)
             continue;
         if (p->start != NULL) {
-            if (p->id == 0)
+            if (b->rt->shutting_down)
+                sl_hold_error(p->start, 503,
+                              "the runner exited while this call was running (it was stopped)");
+            else if (p->id == 0)
                 sl_hold_error(p->start, 500, "sandbox %s ended before its command started", b->id);
             else
                 sl_hold_error(p->start, 409, "sandbox %s ended before process %u started", b->id,
@@ -273,7 +281,8 @@ int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
         return sl_err_set(e, 400, "field 'workdir' must be an absolute path, got '%.200s'",
                           b->workdir);
     if (sl_msg_num(body, "timeout", SL_TIMEOUT_DEFAULT, SL_TIMEOUT_DEFAULT, &b->timeout, e) < 0 ||
-        sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0)
+        sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0 ||
+        sl_output_parse(b, body, e) < 0)
         return -1;
     if (!(b->timeout > 0) || b->timeout > SL_TIMEOUT_MAX)
         return sl_err_set(e, 400, "field 'timeout' must be > 0 and <= %.0f seconds, got %g",
@@ -435,7 +444,10 @@ void sl_h_create(sl_req *r)
     sl_kv *mounts = NULL;
     sl_bind *mbinds = NULL;
     size_t nmounts = 0;
+    /* An entry command that cannot be sent to init is refused before the
+     * sandbox is built (it used to fail only after). */
     int bad = sl_box_parse_create(b, r->body, &e) < 0 ||
+              (b->cmd != NULL && sl_spawn_fits(b, b->workdir, b->cmd, &e) < 0) ||
               sl_mounts_parse(r->body, &mounts, &nmounts, &mbinds, &e) < 0 ||
               sl_s3_parse(b, r->body, &e) < 0 ||
               (!sl_pool_take(b, mounts, nmounts) && start_box(b, mbinds, nmounts, 0, &e) < 0);
@@ -642,6 +654,7 @@ void sl_h_terminate(sl_req *r)
 
 void sl_lifecycle_shutdown(sl_runner *rt)
 {
+    sl_sweep_note_shutdown(rt);
     sl_fn_shutdown(rt); /* function pools let go of their workers first */
     for (sl_box *b = rt->first; b != NULL; b = b->next) {
         if (b->alive)

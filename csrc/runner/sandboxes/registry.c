@@ -109,6 +109,7 @@ sl_box *sl_box_new(sl_runner *rt)
     b->sbx.ctl_fd = -1;
     b->status = SL_B_RUNNING;
     b->ending = SL_B_RUNNING;
+    b->output_keep = SL_OUTPUT_KEEP;
     /* 64 random bits: a collision is astronomically unlikely, but checking
      * costs nothing. Hidden (terminated, not yet reaped) boxes count too. */
     for (int tries = 0; tries < 8; tries++) {
@@ -260,6 +261,7 @@ sl_proc *sl_proc_new(sl_box *b)
     p->state = SL_P_STARTING;
     p->in_fd = -1;
     p->out[0].fd = p->out[1].fd = -1;
+    p->out[0].spool = p->out[1].spool = -1;
     if (reserve)
         b->procs[b->nprocs++] = NULL;
     p->id = (uint32_t)b->nprocs;

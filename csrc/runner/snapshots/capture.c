@@ -103,6 +103,28 @@ static const char *gone(sl_runner *rt, const snap_job *j)
                                                : NULL;
 }
 
+/* The snapshot's files are on disk: put it under its name, durably. */
+static void on_synced(sl_runner *rt, void *arg, int status, const char *err)
+{
+    (void)err;
+    snap_job *j = arg;
+    char why[400] = "";
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+        snprintf(why, sizeof(why), "fsync of %s failed", j->tmp);
+    } else {
+        sl_fault("snapshot-synced");
+        if (rename(j->tmp, j->final) < 0) {
+            snprintf(why, sizeof(why), "rename %s: %s", j->final, strerror(errno));
+        } else {
+            int rc = sl_fsync_parent(j->final);
+            if (rc < 0)
+                sl_warn("fsync of the dir of %s: %s", j->final, strerror(-rc));
+            sl_fault("snapshot-renamed");
+        }
+    }
+    finish(rt, j, why, 500);
+}
+
 /* The last frozen step ended (status as from waitpid): thaw, then persist
  * the snapshot if that step succeeded and the sandbox is still there. */
 static void complete(sl_runner *rt, snap_job *j, const char *what, int status, const char *err)
@@ -122,10 +144,17 @@ static void complete(sl_runner *rt, snap_job *j, const char *what, int status, c
         char *meta = sl_path_join(j->tmp, "meta");
         int rc = meta == NULL ? -ENOMEM : sl__snap_write_meta(meta, &j->meta);
         free(meta);
-        if (rc < 0)
+        if (rc < 0) {
             snprintf(why, sizeof(why), "writing meta: %s", strerror(-rc));
-        else if (rename(j->tmp, j->final) < 0)
-            snprintf(why, sizeof(why), "rename %s: %s", j->final, strerror(errno));
+        } else {
+            sl_fault("snapshot-meta-written");
+            /* Layer and meta reach the disk before the snapshot exists under
+             * its name (durable.c); the answer waits for that. */
+            rc = sl_job_fsync_tree(rt, j->tmp, on_synced, j);
+            if (rc == 0)
+                return;
+            snprintf(why, sizeof(why), "cannot start the fsync of %s: %s", j->tmp, strerror(-rc));
+        }
     }
     finish(rt, j, why, code);
 }

@@ -226,6 +226,8 @@ int sl__snap_write_meta(const char *path, const snap_meta *m)
         } else {
             ssize_t n = write(fd, r.sb.data, r.sb.size);
             rc = n == (ssize_t)r.sb.size ? 0 : (n < 0 ? -errno : -EIO);
+            if (rc == 0 && fsync(fd) < 0)
+                rc = -errno;
             if (close(fd) < 0 && rc == 0)
                 rc = -errno;
         }
@@ -674,9 +676,10 @@ void sl_h_snapshot_register(sl_req *r)
     }
     int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     size_t len = strlen(r->p[0]);
-    int ok = fd >= 0 && write(fd, r->p[0], len) == (ssize_t)len;
+    int ok = fd >= 0 && write(fd, r->p[0], len) == (ssize_t)len && fsync(fd) == 0;
     if (fd >= 0 && close(fd) < 0)
         ok = 0;
+    ok = ok && sl_fsync_path(tmp) == 0;
     /* rename(2) onto a missing name: a racing registration gets EEXIST/ENOTEMPTY. */
     if (!ok || rename(tmp, final) < 0) {
         sl_err_set(&e, errno == EEXIST || errno == ENOTEMPTY ? 409 : 500,
@@ -684,6 +687,7 @@ void sl_h_snapshot_register(sl_req *r)
         sl_rm_rf(tmp);
         goto fail;
     }
+    (void)sl_fsync_parent(final);
     sl_info("image %s registered from snapshot %s", name, r->p[0]);
     sl_resp resp;
     sl_resp_init(&resp);

@@ -108,8 +108,8 @@ static int make_dir(const char *path)
     return 0;
 }
 
-/* Remove leftovers of a previous runner: its sandboxes died with it (init
- * kills everything when the channel closes) but their dirs remain. */
+/* Remove the ".tmp-*"/".trash-*" leftovers of copies and deletions a
+ * previous runner had in flight (sandbox dirs: sweep.c). */
 static void sweep(const char *dir, int only_dot)
 {
     DIR *d = opendir(dir);
@@ -178,7 +178,7 @@ int sl_store_init(sl_runner *rt)
     if (make_dir(rt->images_dir) < 0 || make_dir(rt->volumes_dir) < 0 ||
         make_dir(rt->sandboxes_dir) < 0)
         return -1;
-    sweep(rt->sandboxes_dir, 0);
+    sl_sweep_sandboxes(rt);
     sweep(rt->images_dir, 1);
     sweep(rt->volumes_dir, 1);
     return sl_snap_init(rt);
@@ -317,12 +317,27 @@ static void free_copy(sl_runner *rt, sl_copy *c)
     free(c);
 }
 
+static void on_copy_synced(sl_runner *rt, void *arg, int status, const char *err);
+
+/* cp finished: fsync the copy (in a child) before it gets its name. */
 static void on_copy_done(sl_runner *rt, void *arg, int status, const char *err)
+{
+    sl_copy *c = arg;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+        sl_job_fsync_tree(rt, c->tmp, on_copy_synced, c) == 0)
+        return;
+    on_copy_synced(rt, arg, status, err);
+}
+
+static void on_copy_synced(sl_runner *rt, void *arg, int status, const char *err)
 {
     sl_copy *c = arg;
     char *final = image_dir(rt, c->name);
     int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (ok)
+        sl_fault("image-synced");
     if (ok && final != NULL && rename(c->tmp, final) == 0) {
+        (void)sl_fsync_parent(final);
         /* created_at is when the image became usable. */
         utimensat(AT_FDCWD, final, NULL, 0);
         sl_info("image %s registered", c->name);
@@ -502,7 +517,13 @@ int sl_store_volume(sl_runner *rt, const char *name, char **path, sl_err *e)
     *path = sl_path_join(rt->volumes_dir, name);
     if (*path == NULL)
         return sl_err_set(e, 500, "out of memory");
-    if (mkdir(*path, 0755) < 0 && errno != EEXIST) {
+    if (mkdir(*path, 0755) == 0) {
+        /* A new volume is acknowledged only once its entry is on disk. */
+        int rc = sl_fsync_parent(*path);
+        if (rc < 0)
+            sl_warn("fsync of %s: %s", rt->volumes_dir, strerror(-rc));
+        sl_fault("volume-created");
+    } else if (errno != EEXIST) {
         sl_err_set(e, 500, "mkdir %s: %s", *path, strerror(errno));
         free(*path);
         *path = NULL;
