@@ -39,6 +39,8 @@ typedef struct opts {
     size_t max_sandboxes;
     double retention;
     int snap_storage;
+    int default_microvm;     /* --default-isolation microvm */
+    const char *microvm_dir; /* --microvm-dir */
     int daemon;
 } opts;
 
@@ -52,6 +54,7 @@ static void usage(FILE *f)
             "                [--snapshot-storage auto|erofs|dir]\n"
             "                [--net-pool CIDR]   (sandbox addresses, default " SL_NET_POOL_DEFAULT
             ")\n"
+            "                [--default-isolation container|microvm] [--microvm-dir DIR]\n"
             "       sandlotd --version\n");
 }
 
@@ -103,6 +106,8 @@ static int parse_args(int argc, char **argv, opts *o)
         {"snapshot-storage", required_argument, NULL, 'S'},
         {"daemon", no_argument, NULL, 'D'},
         {"net-pool", required_argument, NULL, 'n'},
+        {"default-isolation", required_argument, NULL, 'I'},
+        {"microvm-dir", required_argument, NULL, 'M'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -161,6 +166,16 @@ static int parse_args(int argc, char **argv, opts *o)
             o->retention = v;
             break;
         }
+        case 'I':
+            if (strcmp(optarg, "container") != 0 && strcmp(optarg, "microvm") != 0) {
+                fprintf(stderr, "sandlotd: --default-isolation must be container or microvm\n");
+                return -1;
+            }
+            o->default_microvm = strcmp(optarg, "microvm") == 0;
+            break;
+        case 'M':
+            o->microvm_dir = optarg;
+            break;
         case 'S':
             if (strcmp(optarg, "auto") == 0) {
                 o->snap_storage = SL_SNAP_STORAGE_AUTO;
@@ -418,6 +433,12 @@ int main(int argc, char **argv)
     rt->userns = geteuid() != 0;
     rt->retention = o.retention;
     rt->snap_storage = o.snap_storage;
+    rt->default_microvm = o.default_microvm;
+    if (o.microvm_dir != NULL && (rt->vm_guest_dir = strdup(o.microvm_dir)) == NULL) {
+        sl_error("out of memory");
+        return 1;
+    }
+    sl_vm_runner_init(rt);
     int rc = sl_log_open(o.log_file, o.level);
     if (rc < 0) {
         fprintf(stderr, "sandlotd: cannot open log file %s: %s\n", o.log_file, strerror(-rc));

@@ -136,7 +136,7 @@ static void h_health(sl_req *r)
     sl_runner *rt = r->rt;
     sl_resp resp;
     sl_resp_init(&resp);
-    sl_r_map(&resp, 11);
+    sl_r_map(&resp, 12);
     sl_r_kbool(&resp, "ok", 1);
     sl_r_kstr(&resp, "version", SL_VERSION);
     sl_r_kstr(&resp, "runner_id", rt->runner_id);
@@ -151,5 +151,7 @@ static void h_health(sl_req *r)
     sl_limits_pack_health(&resp);
     sl_r_str(&resp, "network"); /* nftables table and address pool (net.c) */
     sl_net_pack_health(&resp, rt);
+    sl_r_str(&resp, "microvm"); /* can isolation "microvm" run here, and how (vm_box.c) */
+    sl_vm_pack_health(&resp, rt);
     sl_reply(r, 200, &resp);
 }

@@ -138,6 +138,8 @@ void sl_box_init_reaped(sl_box *b, int st)
     rt->nalive--;
     /* Init's last messages (EXITED of processes) may still be queued. */
     sl_ctl_drain(b);
+    if (b->microvm)
+        sl_vm_box_ended(b); /* a snapshot waiting on the monitor fails now */
     if (!b->killed) {
         sl_warn("sandlot-init of sandbox %s died on its own (%s %d)", b->id,
                 WIFSIGNALED(st) ? "signal" : "exit status",
@@ -252,7 +254,8 @@ static int parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
         return sl_err_set(e, 400, "field 'workdir' must be an absolute path, got '%.200s'",
                           b->workdir);
     if (sl_msg_num(body, "timeout", SL_TIMEOUT_DEFAULT, SL_TIMEOUT_DEFAULT, &b->timeout, e) < 0 ||
-        sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0)
+        sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0 ||
+        sl_vm_parse(b, body, e) < 0)
         return -1;
     if (!(b->timeout > 0) || b->timeout > SL_TIMEOUT_MAX)
         return sl_err_set(e, 400, "field 'timeout' must be > 0 and <= %.0f seconds, got %g",
@@ -288,6 +291,13 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, sl_err *e)
     char **layers = NULL;
     size_t nlayers = 0;
     int rc = -1;
+    if (b->microvm) {
+        if (nextra > 0 || b->ns3 > 0)
+            return sl_err_set(e, 400,
+                              "mounts and S3 buckets are not available with isolation "
+                              "'microvm' yet; use isolation 'container'");
+        return sl_vm_start_box(b, e);
+    }
     if (sl_store_rootfs(rt, b->image, &rootfs, e) < 0)
         goto out;
     if (b->snapshot != NULL && sl_snap_layers(rt, b->snapshot, &layers, &nlayers, e) < 0)
