@@ -27,7 +27,7 @@ sandbox continues. ``Sandbox.create(snapshot=snap)`` resumes it: every
 process is where it was, with its memory, open files and listening sockets;
 restores map the saved RAM copy-on-write, so they are lazy and share pages.
 The resumed processes' stdout/stderr are detached (what they print after the
-restore is dropped): talk to them over sockets, files or new ``exec``\ s.
+restore is dropped): talk to them over sockets, files or new ``exec`` calls.
 
 Example:
     >>> sb = Sandbox.create()                                  # doctest: +SKIP

@@ -15,6 +15,8 @@
 
 /* How long init may take to answer the entry's SPAWN. */
 #define START_TIMEOUT 30.0
+/* A microVM boots first; without KVM (TCG) on a busy host that takes long. */
+#define VM_START_TIMEOUT 180.0
 
 sl_box *sl_req_box(sl_req *r)
 {
@@ -22,6 +24,14 @@ sl_box *sl_req_box(sl_req *r)
     if (b == NULL)
         sl_reply_error(r, 404, "sandbox '%.64s' not found", r->p[0] != NULL ? r->p[0] : "");
     return b;
+}
+
+void sl_pack_box_reply(sl_resp *r, const sl_box *b)
+{
+    sl_resp_init(r);
+    sl_r_map(r, 1);
+    sl_r_str(r, "sandbox");
+    sl_pack_box(r, b);
 }
 
 static void reply_box(sl_req *r, int status, const sl_box *b)
@@ -207,6 +217,13 @@ static void on_start_timeout(sl_hold *h)
     sl_box *b = p->box;
     sl_hold_error(h, 500, "sandlot-init of %s did not answer the spawn request within %.0f s",
                   b->id, START_TIMEOUT);
+    abandon(b);
+}
+
+static void on_vm_ready_timeout(sl_hold *h)
+{
+    sl_box *b = h->obj;
+    sl_hold_error(h, 500, "microVM %s did not come up within %.0f s", b->id, VM_START_TIMEOUT);
     abandon(b);
 }
 
@@ -434,6 +451,12 @@ void sl_h_create(sl_req *r)
         return;
     }
     sl_info("sandbox %s created (image %s, init pid %d)", b->id, b->image, (int)b->sbx.init_pid);
+    if (b->cmd == NULL && b->microvm) {
+        /* Answer once the guest is up (or say why it did not come up), so
+         * that create returns a sandbox that can exec at once. */
+        sl_hold_new(r, &b->vm_ready_hold, VM_START_TIMEOUT, on_vm_ready_timeout, b);
+        return;
+    }
     if (b->cmd == NULL) {
         reply_box(r, 201, b);
         return;
@@ -456,7 +479,8 @@ void sl_h_create(sl_req *r)
     }
     /* Answer only once init reports STARTED or SPAWN_FAILED, so that a
      * missing binary or bad workdir is this request's error. */
-    sl_hold_new(r, &entry->start, START_TIMEOUT, on_start_timeout, entry);
+    sl_hold_new(r, &entry->start, b->microvm ? VM_START_TIMEOUT : START_TIMEOUT, on_start_timeout,
+                entry);
 }
 
 /* Start a box the caller filled in (cmd, image, env, workdir, timeout) with

@@ -24,6 +24,9 @@
  * Numbered after sl_ctl_type's so the two never collide. */
 #define SL_CTL_VM_SNAPSHOT 32
 #define SL_CTL_VM_SNAPSHOT_DONE 33
+/* Monitor -> runner, just before it exits without the guest having come up
+ * (or a resume failed): the payload says why, for the create's error. */
+#define SL_CTL_VM_FAILED 34
 
 typedef struct sl_vm_config {
     const char *id;            /* sandbox id: hostname in the guest */
@@ -36,6 +39,7 @@ typedef struct sl_vm_config {
     unsigned vcpus;            /* 1..16 */
     unsigned long long mem_mb; /* guest RAM */
     unsigned long long rw_mb;  /* tmpfs writable layer size inside the guest */
+    unsigned long tsc_khz;     /* TCG: the host TSC rate given to the guest kernel, or 0 */
 } sl_vm_config;
 
 /* Start the monitor (which boots or resumes the VM). Returns at once: the
@@ -49,6 +53,8 @@ int sl_vm_spawn(const sl_vm_config *cfg, sl_sandbox *out, char *errbuf, size_t e
  * (what is missing) in why. guest_dir is checked for the guest files. */
 int sl_vm_probe(const char *guest_dir, const char **accel, const char **qemu, char *why,
                 size_t cap);
+/* The host TSC rate in kHz, measured over 50 ms (0 if unknown). */
+unsigned long sl_vm_tsc_khz(void);
 
 /* The monitor process body (vm_monitor.c): never returns. */
 _Noreturn void sl_vm_monitor_main(const sl_vm_config *cfg, int ctl);

@@ -59,6 +59,8 @@ void sl_vm_runner_init(sl_runner *rt)
     }
     rt->vm_ok = sl_vm_probe(rt->vm_guest_dir, &rt->vm_accel, &rt->vm_qemu, rt->vm_why,
                             sizeof(rt->vm_why)) == 0;
+    if (rt->vm_ok && strcmp(rt->vm_accel, "tcg") == 0)
+        rt->vm_tsc_khz = sl_vm_tsc_khz();
     if (rt->vm_ok)
         sl_info("microVM tier: %s accel, guest in %s%s%s", rt->vm_accel, rt->vm_guest_dir,
                 rt->vm_why[0] ? "; " : "", rt->vm_why);
@@ -164,6 +166,7 @@ int sl_vm_start_box(sl_box *b, sl_err *e)
         .restore_dir = b->vm_restore,
         .accel = rt->vm_accel,
         .qemu = rt->vm_qemu,
+        .tsc_khz = rt->vm_tsc_khz,
     };
     if (b->vm_restore != NULL) {
         if (read_conf(b->vm_restore, &c, root, sizeof(root), e) < 0)
@@ -312,4 +315,33 @@ void sl_vm_box_ended(sl_box *b)
 {
     if (b->vm_snap != NULL)
         sl_vm_snapshot_done(b, EPIPE, "the sandbox ended while it was being captured");
+    const char *why = b->vm_error != NULL ? b->vm_error : "its VM monitor ended";
+    /* A bad snapshot or a guest that cannot boot is the request's error. */
+    int status = b->vm_restore != NULL ? 400 : 500;
+    const char *what =
+        b->vm_restore != NULL ? "could not be resumed from its snapshot" : "did not boot";
+    if (b->vm_ready_hold != NULL) {
+        sl_hold_error(b->vm_ready_hold, status, "microVM %s %s: %s", b->id, what, why);
+        sl_reg_hide(b->rt, b); /* nobody learnt its id */
+    }
+    sl_proc *entry = b->nprocs > 0 ? b->procs[0] : NULL;
+    if (entry != NULL && entry->start != NULL)
+        sl_hold_error(entry->start, status, "microVM %s %s: %s", b->id, what, why);
+}
+
+void sl_vm_ready(sl_box *b)
+{
+    if (b->vm_ready_hold == NULL)
+        return;
+    sl_info("microVM %s is up", b->id);
+    sl_resp resp;
+    sl_pack_box_reply(&resp, b);
+    sl_hold_reply(b->vm_ready_hold, 201, &resp);
+}
+
+void sl_vm_failed(sl_box *b, const char *why)
+{
+    sl_warn("microVM %s: %s", b->id, why);
+    free(b->vm_error);
+    b->vm_error = strdup(why);
 }

@@ -10,7 +10,7 @@
 
 #define MON_MAXP 256
 /* Cold boot to the guest's READY (TCG boots take seconds, KVM well under one). */
-#define SL_VM_BOOT_TIMEOUT 60.0
+#define SL_VM_BOOT_TIMEOUT 170.0
 
 typedef struct mproc {
     int used;
@@ -29,6 +29,7 @@ typedef struct sl_mon {
     int restored;    /* RAM is a private map of a snapshot (no share=on file) */
     uint32_t synced; /* last SYNC answered */
     char ram[256];   /* the RAM file of a cold-booted VM ("" for a resumed one) */
+    char why[512];   /* the last thing that went wrong (sent as SL_CTL_VM_FAILED) */
     char *msg;       /* SL_CTL_MAX_MSG bytes */
     unsigned char io[65536];
     mproc procs[MON_MAXP];

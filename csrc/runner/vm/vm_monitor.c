@@ -50,10 +50,32 @@ static double mono(void)
 
 static void mlog(sl_mon *m, const char *fmt, const char *a)
 {
-    /* stderr of the monitor is the runner's log (inherited). */
-    fprintf(stderr, "sandlot vm %s: ", m->cfg->id);
-    fprintf(stderr, fmt, a);
-    fputc('\n', stderr);
+    /* Kept for SL_CTL_VM_FAILED: the create's error says what went wrong. */
+    char tmp[2048];
+    snprintf(tmp, sizeof(tmp), fmt, a);
+    size_t n = strnlen(tmp, sizeof(m->why) - 1);
+    memcpy(m->why, tmp, n);
+    m->why[n] = 0;
+}
+
+/* The last line QEMU wrote to its log ("" if none): its own reason. */
+static void qemu_reason(sl_mon *m, char *out, size_t cap)
+{
+    char p[4200], buf[2048];
+    out[0] = 0;
+    snprintf(p, sizeof(p), "%s/qemu.log", m->cfg->dir);
+    FILE *f = fopen(p, "re");
+    if (f == NULL)
+        return;
+    while (fgets(buf, sizeof(buf), f) != NULL) {
+        buf[strcspn(buf, "\n")] = 0;
+        size_t n = strnlen(buf, cap - 1);
+        if (n > 0) {
+            memcpy(out, buf, n);
+            out[n] = 0;
+        }
+    }
+    fclose(f);
 }
 
 static void close_fd(int *fd)
@@ -273,6 +295,19 @@ int sl__mon_on_port(sl_mon *m)
     return 0;
 }
 
+static _Noreturn void finish(sl_mon *m, int code);
+
+/* The VM did not come up (or stopped before it did): tell the runner why. */
+static _Noreturn void fail(sl_mon *m)
+{
+    char q[400], msg[1024];
+    qemu_reason(m, q, sizeof(q));
+    snprintf(msg, sizeof(msg), "%s%s%s", m->why[0] ? m->why : "QEMU exited", q[0] ? "; qemu: " : "",
+             q);
+    sl__mon_ctl_send(m, SL_CTL_VM_FAILED, 0, 0, msg, strlen(msg));
+    finish(m, 1);
+}
+
 static _Noreturn void finish(sl_mon *m, int code)
 {
     if (m->qemu > 0) {
@@ -366,8 +401,10 @@ _Noreturn void sl_vm_monitor_main(const sl_vm_config *cfg, int ctl)
     sigaddset(&chld, SIGCHLD);
     sigprocmask(SIG_BLOCK, &chld, NULL);
     m->sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    if ((m->msg = malloc(SL_CTL_MAX_MSG)) == NULL || m->sfd < 0 || start(m) < 0)
+    if ((m->msg = malloc(SL_CTL_MAX_MSG)) == NULL || m->sfd < 0)
         finish(m, 1);
+    if (start(m) < 0)
+        fail(m);
     double boot_deadline = mono() + SL_VM_BOOT_TIMEOUT;
     static struct pollfd pfd[3 + MON_MAXP];
     static mproc *owner[3 + MON_MAXP];
@@ -388,7 +425,7 @@ _Noreturn void sl_vm_monitor_main(const sl_vm_config *cfg, int ctl)
             finish(m, 1);
         if (!m->ready && mono() > boot_deadline) {
             mlog(m, "%s", "the guest did not come up in time");
-            finish(m, 1);
+            fail(m);
         }
         if (pr <= 0)
             continue;
@@ -399,11 +436,24 @@ _Noreturn void sl_vm_monitor_main(const sl_vm_config *cfg, int ctl)
             int st;
             if (waitpid(m->qemu, &st, WNOHANG) == m->qemu) {
                 m->qemu = -1; /* guest powered off, panicked, or QEMU was killed */
+                if (!m->ready) {
+                    mlog(m, "%s", "QEMU exited before the guest came up");
+                    fail(m);
+                }
                 finish(m, 0);
             }
         }
-        if (pfd[1].revents && sl__mon_on_port(m) < 0)
+        if (pfd[1].revents && sl__mon_on_port(m) < 0) {
+            if (!m->ready) {
+                /* QEMU closed the port: it is exiting; its reason is in its log. */
+                int st;
+                waitpid(m->qemu, &st, 0);
+                m->qemu = -1;
+                mlog(m, "%s", "the VM stopped before the guest came up");
+                fail(m);
+            }
             finish(m, 1);
+        }
         if (pfd[2].revents && on_ctl(m) < 0)
             finish(m, 0); /* the runner is gone */
         for (int i = 3; i < n; i++)

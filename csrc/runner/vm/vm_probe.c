@@ -14,9 +14,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <x86intrin.h>
 
 #include "sl_vm.h"
+
+unsigned long sl_vm_tsc_khz(void)
+{
+    struct timespec a, b, d = {0, 50000000};
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    unsigned long long t0 = __rdtsc();
+    nanosleep(&d, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    unsigned long long t1 = __rdtsc();
+    double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    if (!(s > 0.01) || t1 <= t0)
+        return 0;
+    return (unsigned long)((double)(t1 - t0) / s / 1000.0);
+}
 
 static int cpu_has_hw_virt(void)
 {

@@ -51,7 +51,7 @@ pid_t sl__vm_qemu_start(const sl_vm_config *cfg, const char *ram_path, int incom
     int n = 0;
     int restore = cfg->restore_dir != NULL;
     snprintf(mach, sizeof(mach),
-             "microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem");
+             "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem");
     snprintf(mem, sizeof(mem), "%llu", cfg->mem_mb);
     snprintf(smp, sizeof(smp), "%u", cfg->vcpus);
     snprintf(memobj, sizeof(memobj),
@@ -73,6 +73,14 @@ pid_t sl__vm_qemu_start(const sl_vm_config *cfg, const char *ram_path, int incom
              "i8042.nopnp i8042.dumbkbd mitigations=off "
              "random.trust_cpu=on sl.id=%s sl.rw=%lluM",
              cfg->id, cfg->rw_mb);
+    if (cfg->tsc_khz > 0) {
+        /* Under TCG the guest's TSC runs at the host's rate, but the
+         * kernel's calibration against the emulated PIT fails on a busy
+         * host and it then stalls for tens of seconds: tell it the rate. */
+        size_t l = strlen(append);
+        snprintf(append + l, sizeof(append) - l, " tsc_early_khz=%lu lpj=%lu tsc=reliable",
+                 cfg->tsc_khz, cfg->tsc_khz * 1000 / 250 /* Debian's HZ */);
+    }
     argv[n++] = cfg->qemu;
     argv[n++] = "-M";
     argv[n++] = mach;
@@ -163,6 +171,16 @@ pid_t sl__vm_qemu_start(const sl_vm_config *cfg, const char *ram_path, int incom
     return pid;
 }
 
+static unsigned char copybuf[1 << 20];
+
+static int is_zero(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
 long long sl__vm_copy_sparse(const char *src, const char *dst)
 {
     int in = open(src, O_RDONLY | O_CLOEXEC);
@@ -185,16 +203,29 @@ long long sl__vm_copy_sparse(const char *src, const char *dst)
         off_t hole = lseek(in, data, SEEK_HOLE);
         if (hole < 0)
             hole = st.st_size;
-        off_t off_in = data, off_out = data;
-        while (off_in < hole) {
-            ssize_t c = copy_file_range(in, &off_in, out, &off_out, (size_t)(hole - off_in), 0);
-            if (c < 0 && errno == EINTR)
+        /* The RAM file is on tmpfs and the snapshot on disk: copy_file_range
+         * cannot cross them, so plain reads, and all-zero blocks (guest pages
+         * touched then zeroed) are left as holes too. */
+        off_t off = data;
+        while (rc == 0 && off < hole) {
+            size_t want =
+                (size_t)(hole - off) < sizeof(copybuf) ? (size_t)(hole - off) : sizeof(copybuf);
+            ssize_t r = pread(in, copybuf, want, off);
+            if (r < 0 && errno == EINTR)
                 continue;
-            if (c <= 0) {
-                rc = c < 0 ? -errno : -EIO;
+            if (r <= 0) {
+                rc = r < 0 ? -errno : -EIO;
                 break;
             }
-            copied += c;
+            for (ssize_t b = 0; b < r && rc == 0; b += 4096) {
+                size_t n = (size_t)(r - b) < 4096 ? (size_t)(r - b) : 4096;
+                if (is_zero(copybuf + b, n))
+                    continue;
+                if (pwrite(out, copybuf + b, n, off + b) != (ssize_t)n)
+                    rc = errno ? -errno : -EIO;
+                copied += (long long)n;
+            }
+            off += r;
         }
         pos = hole;
     }
