@@ -29,6 +29,7 @@ typedef struct sl_mon {
     int restored;    /* RAM is a private map of a snapshot (no share=on file) */
     uint32_t synced; /* last SYNC answered */
     char ram[256];   /* the RAM file of a cold-booted VM ("" for a resumed one) */
+    int ram_fd;      /* the RAM file, open; its name is unlinked once QEMU mapped it */
     char why[512];   /* the last thing that went wrong (sent as SL_CTL_VM_FAILED) */
     char *msg;       /* SL_CTL_MAX_MSG bytes */
     unsigned char io[65536];

@@ -314,8 +314,8 @@ static _Noreturn void finish(sl_mon *m, int code)
         kill(m->qemu, SIGKILL);
         waitpid(m->qemu, NULL, 0);
     }
-    if (m->ram[0])
-        unlink(m->ram);
+    if (m->ram[0] && m->ram_fd < 0)
+        unlink(m->ram); /* QEMU never got as far as mapping it */
     _exit(code);
 }
 
@@ -350,6 +350,19 @@ static int start(sl_mon *m)
     if (rc < 0) {
         mlog(m, "QMP: %s", strerror(-rc));
         return -1;
+    }
+    if (m->ram[0]) {
+        /* QEMU has mapped its RAM file by the time QMP answers: keep a
+         * handle for snapshots and unlink the name, so the memory goes with
+         * the last process holding it even if monitor and QEMU are killed
+         * (a name in /dev/shm would outlive them). */
+        m->ram_fd = open(m->ram, O_RDONLY | O_CLOEXEC);
+        if (m->ram_fd < 0) {
+            mlog(m, "open the guest RAM file: %s", strerror(errno));
+            return -1;
+        }
+        unlink(m->ram);
+        snprintf(m->ram, sizeof(m->ram), "/proc/self/fd/%d", m->ram_fd);
     }
     m->port = connect_port(m, 10);
     if (m->port < 0) {
@@ -393,6 +406,7 @@ _Noreturn void sl_vm_monitor_main(const sl_vm_config *cfg, int ctl)
     m->ctl = ctl;
     m->port = -1;
     m->qmp.fd = -1;
+    m->ram_fd = -1;
     for (int i = 0; i < MON_MAXP; i++)
         m->procs[i].in = m->procs[i].out = m->procs[i].err = -1;
     signal(SIGPIPE, SIG_IGN);
