@@ -85,7 +85,9 @@ pid_t sl__vm_qemu_start(const sl_vm_config *cfg, const char *ram_path, int incom
     argv[n++] = "-M";
     argv[n++] = mach;
     argv[n++] = "-accel";
-    argv[n++] = cfg->accel;
+    /* TCG's translation cache defaults to 1 GiB per VM; 64 MiB is plenty for
+     * one guest and keeps an idle VM's host memory near its guest RAM. */
+    argv[n++] = strcmp(cfg->accel, "tcg") == 0 ? "tcg,tb-size=64" : cfg->accel;
     argv[n++] = "-cpu";
     /* PVM-style nested KVM rejects IA32_ARCH_CAPABILITIES from "host". */
     argv[n++] = strcmp(cfg->accel, "kvm") == 0 ? "host,-arch-capabilities" : "max";
