@@ -105,6 +105,11 @@ def test_microvm_exec_streams_stdin_env_workdir_and_files(original: Sandbox) -> 
     p.stdin.close()
     assert next(it) == "line two\n"
     assert p.wait(timeout=60) == 0
+    # a process that never reads its stdin does not wedge the guest's init
+    stuck = original.exec(["sleep", "600"])
+    stuck.stdin.write(b"x" * (1 << 20))
+    assert original.exec(["echo", "alive"]).stdout.read() == "alive\n"
+    stuck.stdin.close()
     # files in and out (binary-safe), and a clear error for a missing one
     blob = bytes(range(256)) * 300
     assert original.write_file("/tmp/blob.bin", blob, mode=0o600) == len(blob)

@@ -58,7 +58,16 @@ typedef struct gproc {
     pid_t pid;
     int in, out, err; /* our ends; -1 once closed */
     int detached;     /* output read and dropped */
+    /* stdin not yet taken by the process: pid 1 must never block on a child
+     * that does not read, so writes are non-blocking and the rest waits here */
+    unsigned char *pend;
+    size_t plen;
+    int eof_pending; /* STDIN_EOF came while pend was not empty */
 } gproc;
+
+/* A process that stops reading gets at most this much queued stdin; beyond
+ * it its stdin is closed (it sees EOF) rather than pid 1 growing without end. */
+#define MAX_PENDING (16u << 20)
 
 static gproc procs[MAXP];
 static int port = -1;
@@ -371,6 +380,7 @@ static void do_spawn(uint32_t id, const unsigned char *payload, size_t len)
     g->err = perr[0];
     pin[1] = pout[0] = perr[0] = -1;
     fcntl(g->out, F_SETFL, O_NONBLOCK);
+    fcntl(g->in, F_SETFL, O_NONBLOCK);
     fcntl(g->err, F_SETFL, O_NONBLOCK);
     send_frame(SL_CTL_STARTED, id, (uint32_t)pid, NULL, 0);
 out:
@@ -407,6 +417,52 @@ static int pump(gproc *g, int which)
     }
 }
 
+static void close_in(gproc *g)
+{
+    close_fd(&g->in);
+    free(g->pend);
+    g->pend = NULL;
+    g->plen = 0;
+    g->eof_pending = 0;
+}
+
+/* Write what is pending to the process's stdin without blocking. */
+static void flush_in(gproc *g)
+{
+    while (g->in >= 0 && g->plen > 0) {
+        ssize_t w = write(g->in, g->pend, g->plen);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return;
+        if (w <= 0) {
+            close_in(g); /* reader gone (EPIPE) */
+            return;
+        }
+        memmove(g->pend, g->pend + w, g->plen - (size_t)w);
+        g->plen -= (size_t)w;
+    }
+    if (g->in >= 0 && g->plen == 0 && g->eof_pending)
+        close_in(g);
+}
+
+static void queue_in(gproc *g, const unsigned char *p, size_t n)
+{
+    if (g->plen + n > MAX_PENDING) {
+        close_in(g);
+        return;
+    }
+    unsigned char *nb = realloc(g->pend, g->plen + n);
+    if (nb == NULL) {
+        close_in(g);
+        return;
+    }
+    g->pend = nb;
+    memcpy(g->pend + g->plen, p, n);
+    g->plen += n;
+    flush_in(g);
+}
+
 static void reap(void)
 {
     int st;
@@ -423,7 +479,7 @@ static void reap(void)
                 pump(g, 2);
             if (!g->detached)
                 send_frame(SL_CTL_EXITED, g->id, (uint32_t)st, NULL, 0);
-            close_fd(&g->in);
+            close_in(g);
             close_fd(&g->out);
             close_fd(&g->err);
             g->used = 0;
@@ -438,7 +494,7 @@ static void detach_all(void)
             continue;
         procs[i].detached = 1;
         procs[i].id |= DETACHED;
-        close_fd(&procs[i].in);
+        close_in(&procs[i]);
     }
 }
 
@@ -455,23 +511,14 @@ static void handle(const sl_vm_hdr *h, const unsigned char *p)
                 kill(g->pid, (int)h->arg); /* it left its process group */
         break;
     case SL_VM_STDIN:
-        if ((g = find(h->id)) != NULL && g->in >= 0) {
-            size_t off = 0;
-            while (off < h->len) {
-                ssize_t w = write(g->in, p + off, h->len - off);
-                if (w < 0 && errno == EINTR)
-                    continue;
-                if (w <= 0) {
-                    close_fd(&g->in); /* reader gone (EPIPE) */
-                    break;
-                }
-                off += (size_t)w;
-            }
-        }
+        if ((g = find(h->id)) != NULL && g->in >= 0 && h->len > 0)
+            queue_in(g, p, h->len);
         break;
     case SL_VM_STDIN_EOF:
-        if ((g = find(h->id)) != NULL)
-            close_fd(&g->in);
+        if ((g = find(h->id)) != NULL && g->in >= 0) {
+            g->eof_pending = 1;
+            flush_in(g);
+        }
         break;
     case SL_VM_HELLO:
         if (h->arg == 1)
@@ -510,9 +557,9 @@ int main(void)
     sigprocmask(SIG_BLOCK, &chld, NULL);
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     send_frame(SL_CTL_READY, 0, 0, NULL, 0);
-    static struct pollfd pfd[2 + 2 * MAXP];
-    static gproc *owner[2 + 2 * MAXP];
-    static int which[2 + 2 * MAXP];
+    static struct pollfd pfd[2 + 3 * MAXP];
+    static gproc *owner[2 + 3 * MAXP];
+    static int which[2 + 3 * MAXP];
     for (;;) {
         int n = 0;
         pfd[n++] = (struct pollfd){.fd = port, .events = POLLIN};
@@ -530,12 +577,22 @@ int main(void)
                 which[n] = 2;
                 pfd[n++] = (struct pollfd){.fd = procs[i].err, .events = POLLIN};
             }
+            if (procs[i].in >= 0 && procs[i].plen > 0) {
+                owner[n] = &procs[i];
+                which[n] = 0;
+                pfd[n++] = (struct pollfd){.fd = procs[i].in, .events = POLLOUT};
+            }
         }
         if (poll(pfd, (nfds_t)n, -1) < 0)
             continue;
-        for (int i = 2; i < n; i++)
-            if (pfd[i].revents)
+        for (int i = 2; i < n; i++) {
+            if (!pfd[i].revents || !owner[i]->used)
+                continue;
+            if (which[i] == 0)
+                flush_in(owner[i]);
+            else if ((which[i] == 1 ? owner[i]->out : owner[i]->err) == pfd[i].fd)
                 pump(owner[i], which[i]);
+        }
         if (pfd[1].revents) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof(si)) > 0)
