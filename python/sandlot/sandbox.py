@@ -334,7 +334,12 @@ class Sandbox:
         }
         if isolation is not None and isolation not in ("container", "microvm"):
             raise ValueError(f"isolation must be 'container' or 'microvm', got {isolation!r}")
-        if isolation is None and snapshot is not None and snapshot.kind == "memory":
+        if snapshot is not None and snapshot.kind == "memory":
+            if isolation == "container":
+                raise ValueError(
+                    f"snapshot {snapshot.snapshot_id} is a memory checkpoint of a microVM; it resumes only as a "
+                    "microVM (leave isolation out)"
+                )
             isolation = "microvm"
         if isolation is None:
             isolation = yield from sess._default_isolation()
