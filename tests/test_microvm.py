@@ -237,16 +237,23 @@ def test_unavailable_microvm_is_a_clear_error(tmp_path_factory: pytest.TempPathF
     base = Path(tempfile.mkdtemp(prefix="sl-novm-", dir="/tmp"))
     empty = base / "no-guest"
     empty.mkdir()
-    r = start_runner(base, extra=["--microvm-dir", str(empty)])
+    # A runner whose default is microvm, on a host where microVMs cannot run.
+    r = start_runner(base, extra=["--microvm-dir", str(empty), "--default-isolation", "microvm"])
     try:
         s = sandlot.Session(r.url)
         mv = s.health()["microvm"]
         assert mv["available"] is False and "not built" in mv["note"]
+        assert mv["default_isolation"] == "microvm"
         with pytest.raises(SandboxError, match="microvm.*not available.*not built"):
             Sandbox.create(isolation="microvm", session=s)
+        with pytest.raises(SandboxError, match="microvm.*not available"):
+            Sandbox.create(["true"], session=s)  # the runner-wide default applies
         with pytest.raises(ValueError):
             Sandbox.create(isolation="vm", session=s)
-        with Sandbox.create(["true"], session=s) as sb:  # containers still work
+        status = run_cli(["runner", "status"], client_env(r)).stdout
+        assert "microvm:   unavailable" in status and "not built" in status
+        with Sandbox.create(["true"], isolation="container", session=s) as sb:  # containers still work
             assert sb.wait(timeout=60) == 0
+            assert sb.info().isolation == "container"
     finally:
         stop(r)
