@@ -66,7 +66,11 @@ pid_t sl__vm_qemu_start(const sl_vm_config *cfg, const char *ram_path, int incom
     snprintf(chr, sizeof(chr), "socket,id=c0,path=%s/%s,server=on,wait=off", cfg->dir, VM_PORT);
     snprintf(qmp, sizeof(qmp), "unix:%s/%s,server=on,wait=off", cfg->dir, VM_QMP);
     snprintf(serial, sizeof(serial), "file:%s/%s", cfg->dir, VM_CONSOLE);
-    snprintf(kernel, sizeof(kernel), "%s/vmlinuz", cfg->guest_dir);
+    /* The uncompressed ELF kernel boots through PVH and skips the bzImage's
+     * self-decompression (seconds under TCG); vmlinuz is the fallback. */
+    snprintf(kernel, sizeof(kernel), "%s/vmlinux", cfg->guest_dir);
+    if (access(kernel, R_OK) != 0)
+        snprintf(kernel, sizeof(kernel), "%s/vmlinuz", cfg->guest_dir);
     snprintf(initrd, sizeof(initrd), "%s/initrd.img", cfg->guest_dir);
     snprintf(append, sizeof(append),
              "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t i8042.noaux i8042.nomux "
