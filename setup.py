@@ -36,8 +36,10 @@ def rel(pattern):
 
 CORE_INCLUDES = ["csrc/common", "csrc/codec", "csrc/transport", "ext"]
 
-RUNNER_SOURCES = rel("csrc/runner/*.c") + rel("csrc/runner/*/*.c") + [p for p in rel("csrc/sandbox/*.c") if not p.endswith("init.c")] + rel("csrc/codec/*.c")
+RUNNER_SOURCES = rel("csrc/runner/*.c") + rel("csrc/runner/*/*.c") + [p for p in rel("csrc/sandbox/*.c") if not p.endswith("init.c")] + rel("csrc/codec/*.c") + rel("csrc/vmguest/sl_vmframe.c")
 INIT_SOURCES = rel("csrc/sandbox/init.c") + rel("csrc/sandbox/sl_ctl.c")
+# pid 1 inside a microVM (issue 8): static, shares sl_ctl.c's spawn payload format.
+VMINIT_SOURCES = rel("csrc/vmguest/*.c") + rel("csrc/sandbox/sl_ctl.c")
 # csrc/runner/ is grouped by concern (api/, sandboxes/, functions/, ...); each
 # folder's headers are included by bare name.
 RUNNER_INCLUDES = ["csrc/runner"] + sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc/runner/*/")))
@@ -65,7 +67,7 @@ class BuildWithBinaries(build_ext):
         os.makedirs(out, exist_ok=True)
         cc = self.compiler
         tmp = os.path.join(self.build_temp, "bin")
-        inc = ["csrc/common", "csrc/codec", "csrc/sandbox"] + RUNNER_INCLUDES
+        inc = ["csrc/common", "csrc/codec", "csrc/sandbox", "csrc/vmguest"] + RUNNER_INCLUDES
         objs = cc.compile(RUNNER_SOURCES, output_dir=os.path.join(tmp, "runner"), include_dirs=inc,
                           extra_preargs=CFLAGS + SAN)
         cc.link_executable(objs, "sandlotd", output_dir=out, libraries=RUNNER_LIBS,
@@ -74,6 +76,9 @@ class BuildWithBinaries(build_ext):
         objs = cc.compile(INIT_SOURCES, output_dir=os.path.join(tmp, "init"), include_dirs=inc,
                           extra_preargs=CFLAGS)
         cc.link_executable(objs, "sandlot-init", output_dir=out, extra_postargs=["-static"])
+        objs = cc.compile(VMINIT_SOURCES, output_dir=os.path.join(tmp, "vminit"), include_dirs=inc,
+                          extra_preargs=CFLAGS)
+        cc.link_executable(objs, "sandlot-vminit", output_dir=out, extra_postargs=["-static"])
 
 
 ext = Extension(

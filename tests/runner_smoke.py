@@ -297,7 +297,8 @@ def test_create_echo_wait_output(rt, ctx):
     check(sid.startswith("sb-") and len(sid) == 19 and all(c in "0123456789abcdef" for c in sid[3:]),
           "sandbox id format", sid)
     keys = {"sandbox_id", "status", "exit_code", "cmd", "image", "workdir", "env", "secret_names",
-            "volumes", "timeout", "created_at", "finished_at", "pid", "resources", "oom_killed", "network"}
+            "volumes", "timeout", "created_at", "finished_at", "pid", "resources", "oom_killed", "network",
+            "isolation"}
     check(set(info) == keys, "SandboxInfo keys", sorted(info))
     check(info["resources"] is None and info["oom_killed"] is False, "no limits asked, none shown", info)
     check(info["network"] is None, "no network asked: only lo, none shown", info)

@@ -47,6 +47,8 @@ typedef struct opts {
     uint64_t output_cap;
     int snap_storage;
     unsigned long long pull_max_bytes;
+    int default_microvm;     /* --default-isolation microvm */
+    const char *microvm_dir; /* --microvm-dir */
     int daemon;
 } opts;
 
@@ -65,6 +67,7 @@ static void usage(FILE *f)
             "64 GiB)\n"
             "                [--pool N]   (pre-set-up sandboxes for default creates, 0..64, "
             "default 2)\n"
+            "                [--default-isolation container|microvm] [--microvm-dir DIR]\n"
             "       sandlotd --version\n");
 }
 
@@ -119,6 +122,8 @@ static int parse_args(int argc, char **argv, opts *o)
         {"pull-max-bytes", required_argument, NULL, 'B'},
         {"pool", required_argument, NULL, 'P'},
         {"output-cap", required_argument, NULL, 'O'},
+        {"default-isolation", required_argument, NULL, 'I'},
+        {"microvm-dir", required_argument, NULL, 'M'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -189,6 +194,16 @@ static int parse_args(int argc, char **argv, opts *o)
             o->retention = v;
             break;
         }
+        case 'I':
+            if (strcmp(optarg, "container") != 0 && strcmp(optarg, "microvm") != 0) {
+                fprintf(stderr, "sandlotd: --default-isolation must be container or microvm\n");
+                return -1;
+            }
+            o->default_microvm = strcmp(optarg, "microvm") == 0;
+            break;
+        case 'M':
+            o->microvm_dir = optarg;
+            break;
         case 'S':
             if (strcmp(optarg, "auto") == 0) {
                 o->snap_storage = SL_SNAP_STORAGE_AUTO;
@@ -496,6 +511,12 @@ int main(int argc, char **argv)
     rt->output_cap = o.output_cap;
     rt->snap_storage = o.snap_storage;
     rt->pull_max_bytes = o.pull_max_bytes ? o.pull_max_bytes : SL_OCI_MAX_BYTES_DEFAULT;
+    rt->default_microvm = o.default_microvm;
+    if (o.microvm_dir != NULL && (rt->vm_guest_dir = strdup(o.microvm_dir)) == NULL) {
+        sl_error("out of memory");
+        return 1;
+    }
+    sl_vm_runner_init(rt);
     int rc = sl_log_open(o.log_file, o.level);
     if (rc < 0) {
         fprintf(stderr, "sandlotd: cannot open log file %s: %s\n", o.log_file, strerror(-rc));

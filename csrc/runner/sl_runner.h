@@ -188,6 +188,15 @@ typedef struct sl_box {
     sl_netbox *net;     /* "network"/"ports" (net.c); NULL: lo only, the default */
     size_t output_keep; /* bytes of output kept per stream (output.c) */
     int output_block;   /* policy when full: 1 block the writer, 0 drop the oldest */
+    /* microVM tier (vm/vm_box.c) */
+    int microvm;                   /* isolation "microvm": sbx.init_pid is the VM monitor */
+    char *vm_restore;              /* memory snapshot dir to resume, or NULL */
+    unsigned long long vm_mem_mb;  /* guest RAM (resources.memory; default 256) */
+    unsigned vm_vcpus;             /* vCPUs (resources.cpu rounded up; default 1) */
+    struct sl_hold *vm_snap_hold;  /* the snapshot request waiting for SNAPSHOT_DONE */
+    struct sl_vmsnap *vm_snap;     /* that capture's state (vm_box.c) */
+    struct sl_hold *vm_ready_hold; /* create without a command: answered at READY */
+    char *vm_error;                /* the monitor's reason when the VM did not come up */
 } sl_box;
 
 /* ---- resource limits: limits.c ---- */
@@ -317,7 +326,27 @@ typedef struct sl_runner {
     sl_netstate *net;     /* net.c */
     size_t pool_target;   /* --pool: pre-set-up sandboxes to keep (pool.c) */
     struct sl_pool *pool; /* pool.c */
+    /* microVM tier (vm/vm_box.c) */
+    int default_microvm;      /* --default-isolation microvm */
+    char *vm_guest_dir;       /* --microvm-dir: kernel, initramfs, host-root image */
+    int vm_ok;                /* microVMs can run (accel chosen) */
+    const char *vm_accel;     /* "kvm" or "tcg" */
+    const char *vm_qemu;      /* qemu-system-x86_64 */
+    char vm_why[512];         /* what is missing (vm_ok 0), or a note (tcg fallback) */
+    unsigned long vm_tsc_khz; /* tcg: host TSC rate passed to guests (vm_probe.c) */
 } sl_runner;
+
+/* ---- microVM tier: vm/vm_box.c ---- */
+void sl_vm_runner_init(sl_runner *rt);                             /* probe; logs what it found */
+int sl_vm_parse(sl_box *b, const msgpack_object *body, sl_err *e); /* body "isolation" */
+int sl_vm_start_box(sl_box *b, sl_err *e);                         /* start_box for a microVM */
+void sl_vm_snapshot_req(sl_req *r, sl_box *b);                     /* POST .../snapshot */
+void sl_vm_snapshot_done(sl_box *b, int err, const char *msg);     /* monitor's answer */
+void sl_vm_box_ended(sl_box *b);                                   /* init reaped: fail holds */
+void sl_vm_ready(sl_box *b);                                       /* guest up: answer create */
+void sl_vm_failed(sl_box *b, const char *why);                     /* monitor's last words */
+void sl_pack_box_reply(sl_resp *r, const sl_box *b);               /* {"sandbox": box} */
+void sl_vm_pack_health(sl_resp *r, const sl_runner *rt);           /* health "microvm" */
 
 /* ---- util.c ---- */
 double sl_now(void);                              /* unix time */

@@ -39,6 +39,22 @@ def _chain(s: Session, top: str) -> list[str]:
     return ids
 
 
+def _size(n: float | None) -> str:
+    """Human size of a snapshot ("-" when the runner did not record one).
+
+    Example:
+        >>> _size(3 * 1024 * 1024), _size(None)
+        ('3.0M', '-')
+    """
+    if not n:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return "-"
+
+
 def _table(rows: list[tuple[str, ...]], out: Callable[[str], None]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -89,13 +105,14 @@ def add_commands(
                 out(s.snapshot_id)
             return 0
         now = time.time()
-        rows: list[tuple[str, ...]] = [("SNAPSHOT ID", "KIND", "STORAGE", "AGE", "IMAGE", "PARENT", "FROM SANDBOX")]
+        rows: list[tuple[str, ...]] = [("SNAPSHOT ID", "KIND", "STORAGE", "SIZE", "AGE", "IMAGE", "PARENT", "FROM SANDBOX")]
         for s in snaps:
             rows.append(
                 (
                     s.snapshot_id,
                     s.kind,
                     s.storage,
+                    _size(s.size),
                     age(now - (s.created_at or now)),
                     s.image,
                     s.parent or "-",

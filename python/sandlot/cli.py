@@ -170,6 +170,13 @@ def _cmd_runner_status(args: argparse.Namespace) -> int:
         _out(f"network:   nftables table inet {net.get('table')}, address pool {net.get('pool')}")
     else:
         _out(f"network:   unavailable ({net.get('reason') or 'unknown'}); sandboxes get only lo")
+    mv = h.get("microvm") or {}
+    if mv.get("available"):
+        _out(f"microvm:   available ({mv.get('accel')}), default isolation {mv.get('default_isolation')}")
+        if mv.get("note"):
+            _out(f"           {mv.get('note')}")
+    elif mv:
+        _out(f"microvm:   unavailable ({mv.get('note') or 'unknown'})")
     _out(f"sandboxes: {h.get('sandboxes')}")
     _out(f"uptime:    {_age(float(h.get('uptime') or 0))}")
     if s.embedded and s.runtime_paths is not None:

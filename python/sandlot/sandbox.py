@@ -80,6 +80,7 @@ class SandboxInfo:
     resources: Mapping[str, Any] | None = field(default=None, hash=False)
     oom_killed: bool = False
     network: Mapping[str, Any] | None = field(default=None, hash=False)
+    isolation: str | None = None
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> SandboxInfo:
@@ -101,6 +102,7 @@ class SandboxInfo:
             resources=dict(d["resources"]) if d.get("resources") else None,
             oom_killed=bool(d.get("oom_killed", False)),
             network=dict(d["network"]) if d.get("network") else None,
+            isolation=d.get("isolation"),
         )
 
     @property
@@ -180,6 +182,7 @@ class Sandbox:
         ports: Sequence[int | Mapping[str, Any]] | None = None,
         output_policy: str = "drop_oldest",
         output_keep: int | None = None,
+        isolation: str | None = None,
     ) -> Op[Sandbox]:
         """Start a sandbox running ``cmd``; returns once the command has started.
 
@@ -236,6 +239,14 @@ class Sandbox:
                 8 MiB, 64 KiB .. 1 GiB). Kept in a spool file in the runner's
                 state dir (under its ``--output-cap`` for all sandboxes), not
                 in the runner's memory.
+            isolation: ``"container"`` (namespaces, the default unless the
+                runner was started with ``--default-isolation microvm``) or
+                ``"microvm"``: a QEMU microVM with its own kernel, whose
+                :meth:`snapshot` is a memory checkpoint (running processes
+                resume on restore). ``resources.cpu`` is its vCPUs (rounded
+                up) and ``resources.memory`` its RAM (default 256 MiB).
+                Raises SandboxError naming what is missing where the host
+                cannot run microVMs. See docs/architecture.md, "MicroVM tier".
 
         Raises:
             TypeError / ValueError: bad arguments (nothing was sent).
@@ -338,9 +349,21 @@ class Sandbox:
             "timeout": t,
             "volumes": vols,
         }
+        if isolation is not None and isolation not in ("container", "microvm"):
+            raise ValueError(f"isolation must be 'container' or 'microvm', got {isolation!r}")
+        if snapshot is not None and snapshot.kind == "memory":
+            if isolation == "container":
+                raise ValueError(
+                    f"snapshot {snapshot.snapshot_id} is a memory checkpoint of a microVM; it resumes only as a "
+                    "microVM (leave isolation out)"
+                )
+            isolation = "microvm"
+        if isolation is None:
+            isolation = yield from sess._default_isolation()
+        body["isolation"] = isolation
         if snapshot is not None:
             body["snapshot"] = snapshot.snapshot_id
-        if snapshot is None and image_spec in (None, "host"):
+        if snapshot is None and image_spec in (None, "host") and isolation != "microvm":
             # The host image promises the client's own Python and sandlot
             # inside; where they live under a directory sandboxes mask (a
             # pyenv under /root, a checkout under /tmp), bind them read-only.
@@ -616,6 +639,8 @@ class Sandbox:
             b'sb-0123456789abcdef\\n'
         """
         p = _validate.abs_path(path, "path")
+        if (yield from self._is_microvm()):
+            return (yield from self._guest_read(p))
         resp = yield self._session.request("POST", f"/v1/sandboxes/{self.sandbox_id}/files/read", {"path": p})
         return bytes(resp["data"])
 
@@ -641,10 +666,47 @@ class Sandbox:
             raise TypeError(f"mode must be an int such as 0o644, got {type(mode).__name__}")
         if not 0 <= mode <= 0o7777:
             raise ValueError(f"mode must be permission bits between 0 and 0o7777, got {oct(mode)}")
+        if (yield from self._is_microvm()):
+            return (yield from self._guest_write(p, raw, mode))
         resp = yield self._session.request(
             "POST", f"/v1/sandboxes/{self.sandbox_id}/files/write", {"path": p, "data": raw, "mode": mode}
         )
         return int(resp.get("written", len(raw)))
+
+    # -- microVM file access ---------------------------------------------------------
+    # A microVM's filesystem lives inside the guest (the runner cannot open
+    # it from the host), so files move through a process in the guest: cat
+    # for reading, cat > path for writing, the same exec path as any command.
+    def _is_microvm(self) -> Op[bool]:
+        if self._info is None or self._info.isolation is None:
+            resp = yield self._session.request("GET", f"/v1/sandboxes/{self.sandbox_id}")
+            self._info = SandboxInfo.from_wire(resp["sandbox"])
+        return self._info.isolation == "microvm"
+
+    def _guest_read(self, path: str) -> Op[bytes]:
+        proc = yield from self.exec.gen(["/bin/sh", "-c", 'test -f "$1" && exec cat -- "$1"; echo "$1: no such file" >&2; exit 2', "sh", path])
+        data = yield from proc.stdout.read_bytes.gen()
+        err = yield from proc.stderr.read.gen()
+        code = yield from proc.wait.gen()
+        if code == 2 and "no such file" in err:
+            raise NotFoundError(f"no file {path} in {self.sandbox_id}", status=404)
+        if code != 0:
+            raise SandboxError(f"reading {path} in {self.sandbox_id} failed: {err.strip()}", status=500)
+        return data
+
+    def _guest_write(self, path: str, raw: bytes, mode: int) -> Op[int]:
+        script = 'cat > "$1" && chmod "$2" "$1"'
+        proc = yield from self.exec.gen(["/bin/sh", "-c", script, "sh", path, oct(mode)[2:]])
+        if raw:
+            yield from proc.stdin.write.gen(raw)
+        yield from proc.stdin.close.gen()
+        err = yield from proc.stderr.read.gen()
+        code = yield from proc.wait.gen()
+        if code != 0:
+            if "No such file" in err:
+                raise NotFoundError(f"cannot write {path} in {self.sandbox_id}: {err.strip()}", status=404)
+            raise SandboxError(f"writing {path} in {self.sandbox_id} failed: {err.strip()}", status=500)
+        return len(raw)
 
     # -- context managers ---------------------------------------------------------------
     def __enter__(self) -> Sandbox:

@@ -261,6 +261,15 @@ class Session:
         self._note_runner(health)
         self._ready_gen = gen
 
+    def _default_isolation(self) -> Op[str]:
+        """Op: the runner's default isolation ("container" or "microvm"), asked once."""
+        cached = getattr(self, "_isolation_default", None)
+        if cached is None:
+            health = yield self._client.request("GET", "/v1/health", None, timeout=10.0)
+            cached = str((health.get("microvm") or {}).get("default_isolation") or "container")
+            self._isolation_default = cached
+        return cached
+
     def _health_ok(self) -> bool:
         try:
             self._client.request("GET", "/v1/health", None, timeout=5.0).result()

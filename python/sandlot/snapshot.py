@@ -17,8 +17,17 @@ the contents of tmpfs mounts (``/tmp``, ``/run``, ``/dev/shm``, and ``/root``
 and ``/home`` on the host image) do not. A memory checkpoint needs CRIU and a
 host where ``criu check`` passes; :func:`criu_check` tells whether this one
 does (this project's reference host, Debian bookworm's criu 3.17 on kernel
-6.18, does not), and the runner never makes ``kind == "memory"`` snapshots
-yet.
+6.18, does not), so containers never get ``kind == "memory"`` snapshots.
+
+**MicroVM sandboxes** (``Sandbox.create(..., isolation="microvm")``) do:
+their ``snapshot()`` is a memory checkpoint (``kind == "memory"``,
+``storage == "vm"``): vCPUs paused, guest RAM and device state saved (the
+writable layer is a tmpfs in guest RAM, so the files come along), then the
+sandbox continues. ``Sandbox.create(snapshot=snap)`` resumes it: every
+process is where it was, with its memory, open files and listening sockets;
+restores map the saved RAM copy-on-write, so they are lazy and share pages.
+The resumed processes' stdout/stderr are detached (what they print after the
+restore is dropped): talk to them over sockets, files or new ``exec`` calls.
 
 Example:
     >>> sb = Sandbox.create()                                  # doctest: +SKIP
@@ -56,7 +65,8 @@ class SandboxSnapshot:
 
     Attributes:
         snapshot_id: ``"sn-"`` + 16 hex digits; pass it to :meth:`lookup`.
-        kind: ``"filesystem"`` (the only kind the runner makes today).
+        kind: ``"filesystem"`` (containers) or ``"memory"`` (microVMs: a
+            memory checkpoint whose restore resumes the running processes).
         storage: how the runner stores the layer: ``"erofs"`` (one read-only
             EROFS image file, mounted for restores; the fast capture) or
             ``"dir"`` (a directory copy: hosts whose kernel cannot mount an
@@ -70,6 +80,8 @@ class SandboxSnapshot:
         label: a tag given at capture (the image builder's layer cache key), or None.
         sandbox_id: the sandbox it was taken from.
         created_at: unix time. capture_seconds: how long the sandbox was frozen.
+        size: bytes the snapshot takes on disk (memory snapshots: the touched
+            guest RAM plus device state), or None when the runner did not say.
     """
 
     snapshot_id: str
@@ -84,6 +96,7 @@ class SandboxSnapshot:
     created_at: float | None = None
     capture_seconds: float | None = None
     storage: str = "dir"
+    size: float | None = None
     _session: Session | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -102,6 +115,7 @@ class SandboxSnapshot:
             sandbox_id=d.get("sandbox_id"),
             created_at=d.get("created_at"),
             capture_seconds=d.get("capture_seconds"),
+            size=d.get("size") or None,
             _session=session,
         )
 

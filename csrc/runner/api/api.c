@@ -159,5 +159,7 @@ static void h_health(sl_req *r)
     sl_net_pack_health(&resp, rt);
     sl_r_str(&resp, "pool"); /* pre-set-up sandboxes (pool.c) */
     sl_pool_pack_health(&resp, rt);
+    sl_r_str(&resp, "microvm"); /* can isolation "microvm" run here, and how (vm_box.c) */
+    sl_vm_pack_health(&resp, rt);
     sl_reply(r, 200, &resp);
 }

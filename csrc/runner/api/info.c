@@ -32,7 +32,7 @@ static void pack_strv(sl_resp *r, char *const *v, size_t n)
 
 void sl_pack_box(sl_resp *r, const sl_box *b)
 {
-    sl_r_map(r, 16);
+    sl_r_map(r, 17);
     sl_r_kstr(r, "sandbox_id", b->id);
     sl_r_kstr(r, "status", sl_box_status_name(b->status));
     sl_r_str(r, "exit_code");
@@ -73,6 +73,7 @@ void sl_pack_box(sl_resp *r, const sl_box *b)
     sl_r_kbool(r, "oom_killed", sl_limits_box_oom(b));
     sl_r_str(r, "network");
     sl_net_pack(r, b);
+    sl_r_kstr(r, "isolation", b->microvm ? "microvm" : "container");
 }
 
 void sl_pack_proc(sl_resp *r, const sl_proc *p)

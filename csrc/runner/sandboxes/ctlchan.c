@@ -8,6 +8,7 @@
 #include "sl_ctl.h"
 #include "sl_log.h"
 #include "sl_runner.h"
+#include "sl_vm.h"
 
 /* Messages handled per wake-up before yielding to other clients. */
 #define BATCH 64
@@ -52,7 +53,29 @@ static int handle_one(sl_box *b)
     sl_proc *p = h.id < b->nprocs ? b->procs[h.id] : NULL;
     switch (h.type) {
     case SL_CTL_READY:
-        return 1; /* consumed by sl_sandbox_spawn; a repeat means nothing */
+        if (b->microvm)
+            sl_vm_ready(b); /* a VM's monitor says READY once the guest is up */
+        return 1;           /* consumed by sl_sandbox_spawn; a repeat means nothing */
+    case SL_CTL_VM_FAILED:
+        if (b->microvm) {
+            size_t n = strnlen(buf, len);
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)buf[i] < 0x20 || (unsigned char)buf[i] == 0x7f)
+                    buf[i] = '?';
+            buf[n > 400 ? 400 : n] = '\0';
+            sl_vm_failed(b, buf);
+        }
+        return 1;
+    case SL_CTL_VM_SNAPSHOT_DONE:
+        if (b->microvm) {
+            size_t n = strnlen(buf, len);
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)buf[i] < 0x20 || (unsigned char)buf[i] == 0x7f)
+                    buf[i] = '?';
+            buf[n > 400 ? 400 : n] = '\0';
+            sl_vm_snapshot_done(b, h.arg <= 4095 ? (int)h.arg : EIO, buf);
+        }
+        return 1;
     case SL_CTL_STARTED:
     case SL_CTL_SPAWN_FAILED:
     case SL_CTL_EXITED:

@@ -76,6 +76,14 @@ static int sandbox_root(sl_box *b, sl_err *e)
 {
     if (!b->alive || b->killed || b->finalised)
         return sl_err_set(e, 409, "sandbox %s is not running", b->id);
+    /* A microVM's init_pid is its monitor on the host: its root is the
+     * host's. Its files are only reachable through the guest (the client
+     * runs cat inside it), never from here. */
+    if (b->microvm)
+        return sl_err_set(e, 400,
+                          "sandbox %s is a microVM: its files are read and written through the "
+                          "guest (update the sandlot client)",
+                          b->id);
     char p[64];
     snprintf(p, sizeof(p), "/proc/%d/root", (int)b->sbx.init_pid);
     int fd = open(p, O_PATH | O_DIRECTORY | O_CLOEXEC);

@@ -17,6 +17,8 @@
 
 /* How long init may take to answer the entry's SPAWN. */
 #define START_TIMEOUT 30.0
+/* A microVM boots first; without KVM (TCG) on a busy host that takes long. */
+#define VM_START_TIMEOUT 180.0
 
 sl_box *sl_req_box(sl_req *r)
 {
@@ -29,6 +31,14 @@ sl_box *sl_req_box(sl_req *r)
     else if (b == NULL)
         sl_reply_error(r, 404, "sandbox '%.64s' not found", r->p[0] != NULL ? r->p[0] : "");
     return b;
+}
+
+void sl_pack_box_reply(sl_resp *r, const sl_box *b)
+{
+    sl_resp_init(r);
+    sl_r_map(r, 1);
+    sl_r_str(r, "sandbox");
+    sl_pack_box(r, b);
 }
 
 static void reply_box(sl_req *r, int status, const sl_box *b)
@@ -170,6 +180,8 @@ void sl_box_init_reaped(sl_box *b, int st)
     sl_reg_pid_del(rt, b);
     /* Init's last messages (EXITED of processes) may still be queued. */
     sl_ctl_drain(b);
+    if (b->microvm)
+        sl_vm_box_ended(b); /* a snapshot waiting on the monitor fails now */
     if (!b->killed) {
         sl_warn("sandlot-init of sandbox %s died on its own (%s %d)", b->id,
                 WIFSIGNALED(st) ? "signal" : "exit status",
@@ -242,6 +254,13 @@ static void on_start_timeout(sl_hold *h)
     abandon(b);
 }
 
+static void on_vm_ready_timeout(sl_hold *h)
+{
+    sl_box *b = h->obj;
+    sl_hold_error(h, 500, "microVM %s did not come up within %.0f s", b->id, VM_START_TIMEOUT);
+    abandon(b);
+}
+
 /* ---- create ---- */
 
 static int check_env(const sl_kv *kv, size_t n, const char *field, sl_err *e)
@@ -282,7 +301,7 @@ int sl_box_parse_create(sl_box *b, const msgpack_object *body, sl_err *e)
                           b->workdir);
     if (sl_msg_num(body, "timeout", SL_TIMEOUT_DEFAULT, SL_TIMEOUT_DEFAULT, &b->timeout, e) < 0 ||
         sl_limits_parse(b, body, e) < 0 || sl_net_parse(b, body, e) < 0 ||
-        sl_output_parse(b, body, e) < 0)
+        sl_output_parse(b, body, e) < 0 || sl_vm_parse(b, body, e) < 0)
         return -1;
     if (!(b->timeout > 0) || b->timeout > SL_TIMEOUT_MAX)
         return sl_err_set(e, 400, "field 'timeout' must be > 0 and <= %.0f seconds, got %g",
@@ -325,6 +344,13 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, int shell, 
     char **layers = NULL;
     size_t nlayers = 0;
     int rc = -1;
+    if (b->microvm) {
+        if (nextra > 0 || b->ns3 > 0)
+            return sl_err_set(e, 400,
+                              "mounts and S3 buckets are not available with isolation "
+                              "'microvm' yet; use isolation 'container'");
+        return sl_vm_start_box(b, e);
+    }
     if (sl_store_rootfs(rt, b->image, &rootfs, e) < 0)
         goto out;
     if (b->snapshot != NULL && sl_snap_layers(rt, b->snapshot, &layers, &nlayers, e) < 0)
@@ -471,6 +497,12 @@ void sl_h_create(sl_req *r)
         return;
     }
     sl_info("sandbox %s created (image %s, init pid %d)", b->id, b->image, (int)b->sbx.init_pid);
+    if (b->cmd == NULL && b->microvm) {
+        /* Answer once the guest is up (or say why it did not come up), so
+         * that create returns a sandbox that can exec at once. */
+        sl_hold_new(r, &b->vm_ready_hold, VM_START_TIMEOUT, on_vm_ready_timeout, b);
+        return;
+    }
     if (b->cmd == NULL) {
         reply_box(r, 201, b);
         return;
@@ -493,7 +525,8 @@ void sl_h_create(sl_req *r)
     }
     /* Answer only once init reports STARTED or SPAWN_FAILED, so that a
      * missing binary or bad workdir is this request's error. */
-    sl_hold_new(r, &entry->start, START_TIMEOUT, on_start_timeout, entry);
+    sl_hold_new(r, &entry->start, b->microvm ? VM_START_TIMEOUT : START_TIMEOUT, on_start_timeout,
+                entry);
 }
 
 /* Start a box the caller filled in (cmd, image, env, workdir, timeout) with

@@ -161,8 +161,9 @@ static void dispose(sl_runner *rt, sl_box *s, int now)
 
 static int eligible(const sl_box *b, size_t nmounts)
 {
-    return b->image != NULL && strcmp(b->image, "host") == 0 && b->snapshot == NULL &&
-           b->nvolumes == 0 && nmounts <= POOL_MAX_MOUNTS && b->ns3 == 0 &&
+    /* A pooled shell is a container: a microVM create never takes one. */
+    return !b->microvm && b->image != NULL && strcmp(b->image, "host") == 0 &&
+           b->snapshot == NULL && b->nvolumes == 0 && nmounts <= POOL_MAX_MOUNTS && b->ns3 == 0 &&
            sl_limits_cgroup(b) == NULL && b->disk_bytes == 0 && b->net == NULL && !b->has_resources;
 }
 

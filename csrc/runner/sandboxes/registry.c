@@ -170,6 +170,8 @@ void sl_box_free(sl_box *b)
     sl_kv_free(b->secrets, b->nsecrets, 1);
     sl_kv_free(b->volumes, b->nvolumes, 0);
     free(b->snapshot);
+    free(b->vm_restore);
+    free(b->vm_error);
     free(b->dir);
     sl_net_free(b);
     free(b);

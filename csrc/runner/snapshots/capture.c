@@ -445,14 +445,13 @@ static struct timeval settle_delay(void)
     return tv;
 }
 
-static int fill_meta(snap_job *j, const sl_box *b, sl_err *e)
+int sl__snap_fill_meta(snap_meta *m, const char *id, const char *kind, const char *storage,
+                       const sl_box *b, sl_err *e)
 {
-    snap_meta *m = &j->meta;
     m->created_at = sl_now();
-    int erofs = j->rt->snap_storage == SL_SNAP_STORAGE_EROFS;
-    if ((m->id = strdup(j->id)) == NULL || (m->kind = strdup("filesystem")) == NULL ||
-        (m->storage = strdup(erofs ? "erofs" : "dir")) == NULL ||
-        (m->sandbox_id = strdup(b->id)) == NULL || (m->image = strdup(b->image)) == NULL ||
+    if ((m->id = strdup(id)) == NULL || (m->kind = strdup(kind)) == NULL ||
+        (m->storage = strdup(storage)) == NULL || (m->sandbox_id = strdup(b->id)) == NULL ||
+        (m->image = strdup(b->image)) == NULL ||
         (b->workdir != NULL && (m->workdir = strdup(b->workdir)) == NULL) ||
         (b->snapshot != NULL && (m->parent = strdup(b->snapshot)) == NULL) ||
         (b->cmd != NULL && (m->cmd = sl_strv_dup(b->cmd, b->ncmd)) == NULL))
@@ -471,6 +470,12 @@ static int fill_meta(snap_job *j, const sl_box *b, sl_err *e)
     return 0;
 }
 
+static int fill_meta(snap_job *j, const sl_box *b, sl_err *e)
+{
+    int erofs = j->rt->snap_storage == SL_SNAP_STORAGE_EROFS;
+    return sl__snap_fill_meta(&j->meta, j->id, "filesystem", erofs ? "erofs" : "dir", b, e);
+}
+
 void sl_h_snapshot(sl_req *r)
 {
     sl_runner *rt = r->rt;
@@ -482,6 +487,10 @@ void sl_h_snapshot(sl_req *r)
                        "sandbox %s is not running (status %s); only a running sandbox "
                        "can be snapshotted",
                        b->id, sl_box_status_name(b->killed ? b->ending : b->status));
+        return;
+    }
+    if (b->microvm) {
+        sl_vm_snapshot_req(r, b); /* a memory checkpoint (vm/vm_box.c) */
         return;
     }
     for (snap_job *o = inflight; o != NULL; o = o->next) {

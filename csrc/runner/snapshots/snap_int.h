@@ -23,7 +23,13 @@ typedef struct snap_meta {
     size_t nenv;
     double created_at;
     double capture_seconds;
+    double size_bytes; /* bytes the snapshot holds on disk (memory: RAM data + state) */
 } snap_meta;
+
+/* Fill m from sandbox b (kind "filesystem" or "memory", storage "erofs",
+ * "dir" or "vm"). 0 or -1 with e set. */
+int sl__snap_fill_meta(snap_meta *m, const char *id, const char *kind, const char *storage,
+                       const sl_box *b, sl_err *e);
 
 void sl__snap_meta_free(snap_meta *m);
 /* <state>/snapshots/<id>[/<leaf>], malloc'd; NULL on allocation failure. */

@@ -178,7 +178,7 @@ void sl_snap_shutdown(sl_runner *rt)
 
 void sl__snap_pack_meta(sl_resp *r, const snap_meta *m)
 {
-    sl_r_map(r, 12);
+    sl_r_map(r, 13);
     sl_r_kstr(r, "snapshot_id", m->id);
     sl_r_kstr(r, "kind", m->kind);
     sl_r_kstr(r, "storage", m->storage);
@@ -203,6 +203,7 @@ void sl__snap_pack_meta(sl_resp *r, const snap_meta *m)
     }
     sl_r_kfloat(r, "created_at", m->created_at);
     sl_r_kfloat(r, "capture_seconds", m->capture_seconds);
+    sl_r_kfloat(r, "size", m->size_bytes);
 }
 
 void sl__snap_pack_info(sl_resp *r, const char *key, const snap_meta *m)
@@ -286,7 +287,8 @@ static int read_meta(sl_runner *rt, const char *id, snap_meta *m, sl_err *e)
              sl_msg_strv(o, "cmd", 0, &m->cmd, &m->ncmd, e) < 0) ||
             sl_msg_kvmap(o, "env", &m->env, &m->nenv, e) < 0 ||
             sl_msg_num(o, "created_at", 0, 0, &m->created_at, e) < 0 ||
-            sl_msg_num(o, "capture_seconds", 0, 0, &m->capture_seconds, e) < 0) {
+            sl_msg_num(o, "capture_seconds", 0, 0, &m->capture_seconds, e) < 0 ||
+            sl_msg_num(o, "size", 0, 0, &m->size_bytes, e) < 0) {
             char why[400];
             snprintf(why, sizeof(why), "%.250s", e->msg);
             rc = sl_err_set(e, 500, "snapshot %s: meta file: %s", id, why);
@@ -297,7 +299,8 @@ static int read_meta(sl_runner *rt, const char *id, snap_meta *m, sl_err *e)
     /* Snapshots from before erofs storage are copies. */
     if (rc == 0 && m->storage == NULL && (m->storage = strdup("dir")) == NULL)
         rc = sl_err_set(e, 500, "out of memory");
-    if (rc == 0 && strcmp(m->storage, "dir") != 0 && strcmp(m->storage, "erofs") != 0)
+    if (rc == 0 && strcmp(m->storage, "dir") != 0 && strcmp(m->storage, "erofs") != 0 &&
+        strcmp(m->storage, "vm") != 0)
         rc = sl_err_set(e, 500, "snapshot %s: unknown storage '%.32s'", id, m->storage);
     if (rc < 0)
         sl__snap_meta_free(m);
@@ -372,6 +375,31 @@ int sl_snap_apply(sl_box *b, sl_err *e)
     if (read_meta(b->rt, b->snapshot, &m, e) < 0)
         return -1;
     int rc = -1;
+    if (strcmp(m.kind, "memory") == 0) {
+        /* A memory checkpoint resumes a microVM: its processes come back as
+         * they were, so no entry command is replayed (the request's runs). */
+        if (b->image != NULL && strcmp(b->image, m.image) != 0) {
+            sl_err_set(e, 400,
+                       "snapshot %s is a memory checkpoint of image '%.100s'; leave image out",
+                       m.id, m.image);
+            goto out;
+        }
+        if (b->image == NULL) {
+            b->image = m.image;
+            m.image = NULL;
+        }
+        b->microvm = 1;
+        if ((b->vm_restore = sl__snap_path(b->rt, m.id, NULL)) == NULL) {
+            sl_err_set(e, 500, "out of memory");
+            goto out;
+        }
+        if (b->workdir == NULL) {
+            b->workdir = m.workdir;
+            m.workdir = NULL;
+        }
+        rc = 0;
+        goto out;
+    }
     if (b->image == NULL) {
         b->image = m.image;
         m.image = NULL;
