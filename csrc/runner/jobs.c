@@ -122,30 +122,15 @@ void sl_job_watch_err(sl_runner *rt, sl_job *j)
     }
 }
 
+/* Child side of sl_job_rm: the path is the child's copy of the caller's. */
+static int rm_child(void *path)
+{
+    return sl_rm_rf(path) < 0 ? 1 : 0;
+}
+
 int sl_job_rm(sl_runner *rt, const char *path)
 {
-    sl_job *j = calloc(1, sizeof(*j));
-    if (j == NULL)
-        return -1;
-    j->err_fd = -1;
-    pid_t pid = fork();
-    if (pid < 0) {
-        free(j);
-        return -1;
-    }
-    if (pid == 0) {
-        /* Only async-signal-safe-ish work here: the runner is single-threaded,
-         * so the heap is consistent, and we exit without running atexit. */
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        /* Drop the runner's sockets and pipes so that closing a client
-         * connection or a sandbox channel is not delayed by this child. */
-        close_range(3, ~0U, 0);
-        _exit(sl_rm_rf(path) < 0 ? 1 : 0);
-    }
-    j->pid = pid;
-    sl_jobs_add(rt, j);
-    return 0;
+    return sl_job_fork(rt, -1, rm_child, (void *)path, NULL, NULL) < 0 ? -1 : 0;
 }
 
 pid_t sl_job_fork(sl_runner *rt, int keep_fd, int (*fn)(void *), void *fn_arg, sl_job_done_fn done,
@@ -163,9 +148,11 @@ pid_t sl_job_fork(sl_runner *rt, int keep_fd, int (*fn)(void *), void *fn_arg, s
         return -1;
     }
     if (pid == 0) {
-        /* As in sl_job_rm: the runner is single-threaded, so its heap is
-         * consistent here; its sockets are dropped so that no client or
-         * sandbox channel is held open by this child. keep_fd becomes 3. */
+        /* Only async-signal-safe-ish work here: the runner is
+         * single-threaded, so its heap is consistent, and we exit without
+         * running atexit. Its sockets and pipes are dropped so that closing a
+         * client connection or a sandbox channel is not delayed by this
+         * child. keep_fd becomes 3. */
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGPIPE, SIG_IGN);

@@ -142,7 +142,7 @@ static void h_health(sl_req *r)
     sl_runner *rt = r->rt;
     sl_resp resp;
     sl_resp_init(&resp);
-    sl_r_map(&resp, 12);
+    sl_r_map(&resp, 13);
     sl_r_kbool(&resp, "ok", 1);
     sl_r_kstr(&resp, "version", SL_VERSION);
     sl_r_kstr(&resp, "runner_id", rt->runner_id);

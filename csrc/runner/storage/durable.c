@@ -74,30 +74,15 @@ int sl_fsync_tree(const char *path)
     return tree_err;
 }
 
+static int fsync_child(void *path)
+{
+    return sl_fsync_tree(path) < 0 ? 1 : 0;
+}
+
 int sl_job_fsync_tree(sl_runner *rt, const char *path, sl_job_done_fn done, void *arg)
 {
-    sl_job *j = calloc(1, sizeof(*j));
-    if (j == NULL)
-        return -ENOMEM;
-    j->err_fd = -1;
-    j->done = done;
-    j->arg = arg;
-    pid_t pid = fork();
-    if (pid < 0) {
-        int err = errno;
-        free(j);
-        return -err;
-    }
-    if (pid == 0) {
-        /* The runner is single-threaded: its heap is consistent here. */
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        close_range(3, ~0U, 0);
-        _exit(sl_fsync_tree(path) < 0 ? 1 : 0);
-    }
-    j->pid = pid;
-    sl_jobs_add(rt, j);
-    return 0;
+    /* The child's copy of path is the caller's: the runner is single-threaded. */
+    return sl_job_fork(rt, -1, fsync_child, (void *)path, done, arg) < 0 ? -errno : 0;
 }
 
 int sl_write_durable(const char *path, const void *data, size_t len)
