@@ -95,7 +95,10 @@ def test_mutated_maps_fail_cleanly_or_match_msgpack_python(d, data):
         ours = unpackb(bytes(b))
     except ValueError:
         return
-    assert ours == msgpack.unpackb(bytes(b), strict_map_key=False)
+    theirs = msgpack.unpackb(bytes(b), strict_map_key=False)
+    # Compared through msgpack-python's encoding: a mutated float can become
+    # NaN, which is never == itself, though both decoders agree on it.
+    assert msgpack.packb(ours) == msgpack.packb(theirs)
 
 
 def test_collector_state_is_restored():

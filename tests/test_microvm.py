@@ -233,6 +233,28 @@ def test_microvm_timeout_kills_it(vm_session: sandlot.Session, memsnap: SandboxS
         sb.terminate()
 
 
+def _qemu_pids(sandbox_id: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"qemu-system-x86_64 .*{sandbox_id}/"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_terminate_leaves_no_qemu_behind(vm_session: sandlot.Session, memsnap: SandboxSnapshot) -> None:
+    """QEMU drops the parent-death signal when it changes uid (-runas), so only
+    the sandbox's cgroup reaches it once its monitor is gone: a terminated or
+    timed-out microVM must leave no QEMU running (each burns CPU under TCG)."""
+    boxes = [Sandbox.create(snapshot=memsnap, session=vm_session),
+             Sandbox.create(snapshot=memsnap, timeout=2, session=vm_session)]
+    ids = [b.sandbox_id for b in boxes]
+    assert all(_qemu_pids(i) for i in ids)
+    boxes[0].terminate()
+    assert boxes[1].wait(timeout=60) == -9
+    boxes[1].terminate()
+    deadline = time.monotonic() + 20
+    while any(_qemu_pids(i) for i in ids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [i for i in ids if _qemu_pids(i)] == []
+
+
 def test_unavailable_microvm_is_a_clear_error(tmp_path_factory: pytest.TempPathFactory) -> None:
     base = Path(tempfile.mkdtemp(prefix="sl-novm-", dir="/tmp"))
     empty = base / "no-guest"

@@ -592,9 +592,11 @@ void sl_sandbox_kill(sl_sandbox *sb)
      * cgroup kill is only the fallback without an init: cgroup.kill (and the
      * v1 freeze) takes cgroup_threadgroup_rwsem for writing, which waits an
      * RCU grace period (5-50 ms measured here) in the caller's loop. */
-    if (sb->init_pid <= 0) {
-        sl_cgroup_kill(&sb->cg); /* never spawned (or released): kill(0 or -1) would hit us */
-        return;
+    if (sb->init_pid <= 0 || sb->kill_cgroup) {
+        /* Never spawned (or released): kill(0 or -1) would hit us. */
+        sl_cgroup_kill(&sb->cg);
+        if (sb->init_pid <= 0)
+            return;
     }
     if (sb->pidfd >= 0)
         syscall(SYS_pidfd_send_signal, sb->pidfd, SIGKILL, NULL, 0);
@@ -606,6 +608,8 @@ void sl_sandbox_release(sl_sandbox *sb)
 {
     if (!sb)
         return;
+    if (sb->kill_cgroup)
+        sl_cgroup_kill(&sb->cg); /* what outlived init (a microVM's QEMU) goes too */
     sl_cgroup_destroy(&sb->cg);
     /* The veth pair goes with the network namespace, which dies with init
      * (the kernel's cleanup_net, a workqueue): deleting it here would cost

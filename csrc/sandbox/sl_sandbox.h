@@ -86,6 +86,9 @@ typedef struct sl_sandbox {
     int sync_fd;           /* between sl_sandbox_spawn_start and _finish: the parent's end
                               of the sync socket (child's errors, EOF at exec); else -1 */
     long deadline_ms;      /* CLOCK_MONOTONIC ms by which init must be READY */
+    int kill_cgroup;       /* processes live outside init's pid namespace (a microVM's
+                              QEMU, which drops the parent-death signal with its uid):
+                              sl_sandbox_kill kills the cgroup too */
 } sl_sandbox;
 
 /* Load the sandlot-init binary at path into a sealed, read-only memfd once at

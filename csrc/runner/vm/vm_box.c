@@ -203,6 +203,8 @@ int sl_vm_start_box(sl_box *b, sl_err *e)
                           errbuf[0] ? errbuf : strerror(-rc));
     b->alive = 1;
     rt->nalive++;
+    /* Its monitor's exit is found by pid (registry.c), as a container's init. */
+    sl_reg_pid_add(rt, b);
     return 0;
 }
 

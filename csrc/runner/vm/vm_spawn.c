@@ -26,6 +26,7 @@ int sl_vm_spawn(const sl_vm_config *cfg, sl_sandbox *out, char *errbuf, size_t e
     out->pidfd = -1;
     out->disk_mnt = NULL;
     out->net_if[0] = 0;
+    out->kill_cgroup = 1; /* QEMU is not in a pid namespace under the monitor */
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         snprintf(errbuf, errlen, "socketpair: %s", strerror(errno));
         return -errno;

@@ -47,12 +47,16 @@ _SHUTDOWN_MESSAGE = "the runner is shutting down"
 
 
 def _lost_code(status: int, code: str) -> bool:
-    return code == "node_lost" or (status == 0 and code == "unavailable")
+    # runner_exited: the connection broke after the request went out
+    # (RunnerExitedError), which on a cluster is how a lost node looks too.
+    return code in ("node_lost", "runner_exited") or (status == 0 and code == "unavailable")
 
 
 def _runner_stopped(rec: dict[str, Any]) -> bool:
-    """A call the runner cancelled because it stops (its node is going away), not the caller."""
-    return rec.get("status") == "cancelled" and rec.get("message") == _SHUTDOWN_MESSAGE
+    """A call the runner dropped because it stops (its node is going away), not the caller:
+    status "runner_exited" (fn_calls.c), or "cancelled" with the older shutdown message."""
+    status = rec.get("status")
+    return status == "runner_exited" or (status == "cancelled" and rec.get("message") == _SHUTDOWN_MESSAGE)
 
 
 class _ClusterChunk(_Chunk):

@@ -291,6 +291,22 @@ class ClusterSession(Session):
         self._lock = threading.Lock()
         self._placement = placement
 
+    # Each node's runner is supervised (and restarted) by Ray and reached
+    # through its own client; the routing layer handles one that is lost, so
+    # there is no local runner process to watch or restart from here.
+    def _note_runner(self, health: dict[str, Any]) -> None:
+        return None
+
+    def _check_runner(self) -> None:
+        return None
+
+    def _default_isolation(self) -> Any:
+        """Op: "container", what every node's runner is started with; a
+        microVM is asked for with ``isolation="microvm"`` (placed on a node
+        offering the tier, ``placement(tier=...)``)."""
+        return "container"
+        yield  # an Op (a generator), like Session._default_isolation
+
     def placement(self, runner_ids: list[str] | tuple[str, ...] | None = None, tier: str | None = None
                   ) -> ClusterSession:
         """A view of this session whose sandboxes and function pools go only
