@@ -403,7 +403,10 @@ _RESEND_PREFIXES = ("/v1/health", "/v1/snapshots", "/v1/volumes", "/v1/images")
 
 
 def _safe_to_resend(method: str, path: str) -> bool:
-    return method == "GET" and path.startswith(_RESEND_PREFIXES)
+    # The sandbox listing itself is runner-wide too (not one id under it):
+    # a request on a kept-alive connection the dead runner closed fails as
+    # "sent" (connection reset) though it never reached a runner.
+    return method == "GET" and (path.startswith(_RESEND_PREFIXES) or path.split("?", 1)[0] == "/v1/sandboxes")
 
 
 def _resend(ref: Any, exc: BaseException) -> Any:
