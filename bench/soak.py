@@ -79,6 +79,11 @@ def client(seconds: float, tag: str) -> dict[str, Any]:
             st["completed"] += 1
         except sandlot.RunnerUnavailableError:  # RunnerExitedError included: cut by a restart
             st["interrupted"] += 1
+        except sandlot.WorkerCrashedError:
+            # A call on a direct channel (_direct.py) whose worker died with
+            # the killed runner reads as a worker crash: cut by a restart too.
+            # Saying "the runner exited" there instead is still to do.
+            st["interrupted"] += 1
         except sandlot.NotFoundError as exc:
             if "was lost" in str(exc) or "function" in str(exc):
                 st["interrupted"] += 1
