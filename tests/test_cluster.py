@@ -178,6 +178,35 @@ def test_spreads_sandboxes_and_routes_by_id(env):
         sandlot.Sandbox.lookup("sb-0123456789abcdef", session=env.sess)
 
 
+def test_map_uses_each_nodes_cpus_and_leased_workers_on_this_host(env):
+    """Each node's pool is sized by the CPUs the node offers (not this host's
+    cores); runners on this host lend their workers to map() directly, and a
+    worker crash there is a WorkerCrashedError, not a lost node."""
+
+    @env.sess.function()
+    def plus(x):
+        if x == -1:
+            import os as o
+
+            o._exit(3)
+        return x + 1
+
+    n = 2000
+    for _ in range(3):  # the first maps grow the pools; later ones lease them
+        assert [r.result(timeout=120) for r in plus.map([(i,) for i in range(n)])] == [i + 1 for i in range(n)]
+    runners = plus.info()["runners"]
+    sizes = {tag: v["max_workers"] for tag, v in runners.items()}
+    assert sizes == {env.tags["head"]: 1, env.tags["small"]: 1, env.tags["big"]: 3}, sizes
+    leased = {tag: [w for w in v["workers"] if w.get("leased")] for tag, v in runners.items()}
+    assert all(leased.values()), (leased, runners)  # every node's pool was lent out to this client's map()
+    refs = plus.map([(i,) for i in range(n)] + [(-1,)])
+    with pytest.raises(sandlot.WorkerCrashedError):
+        refs[-1].result(timeout=120)
+    assert not isinstance(refs[-1].exception(timeout=1), sandlot.NodeLostError)
+    assert [r.result(timeout=120) for r in plus.map([(i,) for i in range(10)])] == list(range(1, 11))
+    plus.delete()
+
+
 def test_placement_honours_resources(env):
     first = sandlot.Sandbox.create(["sleep", "60"], session=env.sess, resources={"cpu": 2})
     try:

@@ -59,6 +59,21 @@ _KINDS = frozenset(map(ord, "OEB"))
 _SUN_PATH_MAX = 107
 
 
+def _bind_long(sock: socket.socket, dirpath: str, name: str) -> None:
+    """Bind ``sock`` to ``dirpath/name``, also when that path is longer than
+    a socket address holds (108 bytes; deep state dirs, such as a cluster
+    node's under a test's tmp dir): then through ``/proc/self/fd/<dir>/``."""
+    path = os.path.join(dirpath, name)
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        sock.bind(path)
+        return
+    fd = os.open(dirpath, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.bind(f"/proc/self/fd/{fd}/{name}")
+    finally:
+        os.close(fd)
+
+
 class DirectChannel:
     """One leased worker of one function, for one process (see module doc)."""
 
@@ -81,12 +96,10 @@ class DirectChannel:
         """Lease a worker; None (and no error) when none is idle or the dir is unusable."""
         name = f"d-{secrets.token_hex(8)}.sock"
         path = os.path.join(direct_dir, name)
-        if len(os.fsencode(path)) > _SUN_PATH_MAX:
-            return None
         lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             try:
-                lst.bind(path)
+                _bind_long(lst, direct_dir, name)
             except OSError:
                 return None  # not the runner's host, or not its user
             lst.listen(1)

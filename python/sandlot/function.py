@@ -80,6 +80,18 @@ _BOOT = "import runpy,sys; runpy.run_path(sys.argv[1], run_name='__sandlot_worke
 _DIRECT = os.environ.get("SANDLOT_DIRECT", "1") != "0"
 
 
+def _local_direct_dir(sess: Session, direct_dir: str | None) -> str | None:
+    """The runner's direct dir if this client can use it: the runner is on
+    this host (a unix socket, or a TCP runner whose dir exists here, as for a
+    cluster node's runner on the client's own machine; the dir's name holds
+    the function's random id, so another host's dir is never mistaken)."""
+    if not _DIRECT or not direct_dir:
+        return None
+    if sess.base_url.startswith("unix://") or os.path.isdir(direct_dir):
+        return direct_dir
+    return None
+
+
 class Serialization(enum.Enum):
     """How arguments and results travel.
 
@@ -309,7 +321,7 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
       killed and replaced.
 
     Pool options (keyword-only extras): ``max_workers`` (default
-    ``min(nproc, 4)``), ``min_workers`` (kept warm, default 0),
+    ``min(nproc, 4)``; on a cluster, per node: ``min(the node's Ray CPUs, 4)``), ``min_workers`` (kept warm, default 0),
     ``idle_timeout`` (seconds before an idle worker is reaped, default 60),
     ``fresh_sandbox`` (a new sandbox per call, for untrusted code),
     ``retries`` (cluster sessions only: how many times a call, or a map
@@ -528,8 +540,7 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
                 resp = sess.request("POST", "/v1/functions", self._registration()).result()
                 self._direct.release()
                 self._direct = DirectState()
-                self._direct_dir = (resp["function"].get("direct_dir")
-                                    if sess.base_url.startswith("unix://") and _DIRECT else None)
+                self._direct_dir = _local_direct_dir(sess, resp["function"].get("direct_dir"))
                 self._fn_id = resp["function"]["function_id"]
                 self._reg_session = sess
                 self._reg_runner = rid

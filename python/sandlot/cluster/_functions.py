@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._calls import _Chunk, _collector, _submitted
+from .._direct import DirectChannel
 from ._session import _convert, relay
 
 if TYPE_CHECKING:
@@ -65,7 +66,10 @@ class _ClusterChunk(_Chunk):
     __slots__ = ("payload", "owner", "runner", "tries", "lost")
 
     def fail(self, status: int, code: str, message: str) -> None:
-        if _lost_code(status, code) and self.batch is not None:
+        # A direct chunk (self.kill set) whose worker left is resent through
+        # the runner; "unavailable" there means the runner is gone too.
+        if (_lost_code(status, code) or (self.kill is not None and code == "unavailable")) \
+                and self.batch is not None:
             self.owner._chunk_lost(self, message)
             return
         super().fail(status, code, message)
@@ -74,6 +78,11 @@ class _ClusterChunk(_Chunk):
         if _runner_stopped(rec) and self.batch is not None:
             self.owner.core.wake.set()
             self.owner._chunk_lost(self, f"its runner stopped ({_SHUTDOWN_MESSAGE})")
+            return
+        if rec.get("status") == "crashed" and self.kill is not None and self.batch is not None:
+            # A leased worker died under a direct chunk: its node (runner
+            # and every worker) may be what died. Asked off the reader thread.
+            self.owner.core.pool.submit(self.owner._direct_crashed, self, rec)
             return
         super().done(rec)
 
@@ -117,6 +126,11 @@ class ClusterFunction:
         fn._fn_id = None
         fn._reg_session = None
         fn._lock = threading.Lock()
+        if fn.max_workers is None:
+            # A node's pool is sized by the CPUs the node offers the cluster
+            # (its Ray "CPU" resource), not by the cores of the client's host:
+            # nodes sharing one machine must not each start a core's worth.
+            fn.max_workers = max(1, min(int(r.cpu_total or 1), 4))
         return fn
 
     def _wants(self, r: _Runner) -> bool:
@@ -198,6 +212,7 @@ class ClusterFunction:
             return
         r = pool.runner
         sess, fid = pool.fn._ensure()
+        pool.fn._direct.release_extras()  # the runner needs the workers a direct map() leased
         inner = sess._client.request("POST", f"/v1/functions/{fid}/call", {"args": payload}, timeout=None,
                                      transform=pool.fn._remote_done)
         current.append(inner)
@@ -255,9 +270,7 @@ class ClusterFunction:
         if chunksize is not None:
             cs = rf._chunksize(n, chunksize)
         else:
-            import os
-
-            workers = (rf.max_workers or min(os.cpu_count() or 1, 4)) * k
+            workers = sum(p.fn._pool_size() for p in pools)
             cs = min(1024, -(-n // (workers * _CHUNKS_PER_WORKER)))
             cs = max(1, cs)
         if set(map(type, items)) != {tuple}:
@@ -276,7 +289,7 @@ class ClusterFunction:
             refs += ch.batch.refs()  # type: ignore[union-attr]
             per[(j + shift) % k].append((j, ch))
         for pool, mine in zip(pools, per):
-            if mine:
+            if mine and not self._send_direct(pool, [ch for _, ch in mine]):
                 self._send(pool, [ch for _, ch in mine])
         return refs
 
@@ -291,9 +304,55 @@ class ClusterFunction:
         ch.lost = None
         return ch
 
+    def _send_direct(self, pool: _Pool, chunks: list[_ClusterChunk]) -> bool:
+        """Send a pool's chunks straight to its leased workers, as map() does
+        on one runner (_direct.py), when the runner is on this host and its
+        whole pool is idle; False (nothing sent) otherwise."""
+        fn = pool.fn
+        sess, fid = fn._ensure()
+        if fn._direct_dir is None:
+            return False
+        client = sess._client
+        chans = fn._direct.for_map(client, fid, fn._direct_dir, fn._pool_size())
+        if chans is None:
+            return False
+        r = pool.runner
+        with r.lock:
+            r.calls += sum(ch.n for ch in chunks)
+        base = secrets.token_hex(8)
+        for k, ch in enumerate(chunks):
+            c = chans[k % len(chans)]
+            ch.cid, ch.client, ch.coll, ch.runner = f"d{base}-{k}", client, None, r
+            ch.kill = functools.partial(c.kill_if_running, ch)
+            fallback = functools.partial(client.request, "POST", f"/v1/functions/{fid}/call",
+                                         {"args": ch.payload}, timeout=None)
+            if not c.submit_chunk(ch.payload, ch, fallback):
+                DirectChannel._resend_chunk(ch, fallback)
+        return True
+
+    def _direct_crashed(self, ch: _ClusterChunk, rec: dict[str, Any]) -> None:
+        """A direct chunk's worker died: a lost node if its runner is gone or
+        was replaced, else the worker crashed (WorkerCrashedError)."""
+        r = ch.runner
+        why = None
+        if r.lost is None:
+            try:
+                rid = r.session.request("GET", "/v1/health", timeout=5.0).result().get("runner_id")
+                if r.runner_id and rid and str(rid) != r.runner_id:
+                    why = f"its runner restarted (now {rid})"
+            except errors.SandboxError as exc:
+                why = f"the connection to it failed ({exc})"
+        if r.lost is None and why is None:
+            _Chunk.done(ch, rec)
+            return
+        self.core.wake.set()
+        self._chunk_lost(ch, why or str(r.lost))
+
     def _send(self, pool: _Pool, chunks: list[_ClusterChunk]) -> None:
         r = pool.runner
         sess, fid = pool.fn._ensure()
+        # Through the runner: it needs the workers a direct map() leased.
+        pool.fn._direct.release_extras()
         coll = _collector(sess)
         client = sess._client
         per_req = max(1, -(-len(chunks) // 4))
@@ -303,7 +362,7 @@ class ClusterFunction:
             entries = []
             for k, ch in enumerate(part):
                 ch.cid = f"{prefix}.{k}"
-                ch.client, ch.coll, ch.runner = client, coll, r
+                ch.client, ch.coll, ch.runner, ch.kill = client, coll, r, None
                 entries.append((ch.cid, ch))
             with r.lock:
                 r.calls += sum(ch.n for ch in part)
