@@ -18,6 +18,7 @@ import concurrent.futures
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -72,7 +73,9 @@ def env(tmp_path_factory):
             e.cluster = Cluster(initialize_head=True, head_node_args=dict(
                 num_cpus=1, ray_client_server_port=e.client_port, **NODE_ARGS))
             e.nodes = {
-                "small": e.cluster.add_node(num_cpus=1, resources={"sandlot-tier-vm": 1}, **NODE_ARGS),
+                # The one node with a GPU (a stand-in device, tests/test_gpu.py):
+                # Ray counts it, the runner there is given the device.
+                "small": e.cluster.add_node(num_cpus=1, num_gpus=1, resources={"sandlot-tier-vm": 1}, **NODE_ARGS),
                 "big": e.cluster.add_node(num_cpus=3, **NODE_ARGS),
             }
             ray.init(address=e.cluster.address, logging_level="WARNING", log_to_driver=False)
@@ -80,7 +83,9 @@ def env(tmp_path_factory):
             if os.environ.get("CI"):
                 raise  # CI installs everything (./dev): a cluster that cannot start is a failure there
             pytest.skip(f"Ray cannot start a local cluster here: {type(exc).__name__}: {exc}")
-        e.sess = sandlot.Session(cluster="ray", state_root=str(e.root / "state"))
+        e.gpu = str(e.root / "gpu0")
+        os.mknod(e.gpu, 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+        e.sess = sandlot.Session(cluster="ray", state_root=str(e.root / "state"), runner_args=["--gpu", e.gpu])
         by_cpu = {}
         for r in e.sess.runners:
             own.add(r["pid"])
@@ -223,6 +228,31 @@ def test_placement_honours_resources(env):
     again = sandlot.Sandbox.create(["sleep", "60"], session=env.sess, resources={"cpu": 2})
     assert _tag(again.sandbox_id) == env.tags["big"]
     again.terminate()
+
+
+def test_placement_honours_gpus(env):
+    """gpu counts against the node's Ray GPU resource; only that node's runner
+    was given the device (the others got no --gpu)."""
+    gpu = {r["tag"]: r["resources"].get("GPU", 0) for r in env.sess.runners}
+    assert gpu == {env.tags["small"]: 1, env.tags["head"]: 0, env.tags["big"]: 0}
+    sb = sandlot.Sandbox.create(["sleep", "60"], session=env.sess, resources={"gpu": 1})
+    try:
+        assert _tag(sb.sandbox_id) == env.tags["small"]
+        p = sb.exec(["sh", "-c", f"test -c {env.gpu} && head -c 2 {env.gpu} | od -An -tx1"])
+        assert p.wait() == 0 and p.stdout.read().split() == ["00", "00"]
+        with pytest.raises(sandlot.PlacementError, match="1 GPU"):
+            sandlot.Sandbox.create(["sleep", "60"], session=env.sess, resources={"gpu": 1})
+        # Pinned to a node without one: refused by placement, not sent.
+        with pytest.raises(sandlot.PlacementError):
+            sandlot.Sandbox.create(["sleep", "60"], session=env.sess.placement(runner_ids=[env.tags["big"]]),
+                                   resources={"gpu": 1})
+    finally:
+        sb.terminate()
+    again = sandlot.Sandbox.create(["sleep", "60"], session=env.sess, resources={"gpu": 1})
+    assert _tag(again.sandbox_id) == env.tags["small"]
+    again.terminate()
+    gpus = {h["tag"]: h["limits"]["gpus"]["total"] for h in env.sess.health()["runners"]}
+    assert gpus == {env.tags["small"]: 1, env.tags["head"]: 0, env.tags["big"]: 0}
 
 
 def test_placement_honours_runner_ids_and_tier(env):

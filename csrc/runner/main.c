@@ -49,6 +49,8 @@ typedef struct opts {
     unsigned long long pull_max_bytes;
     int default_microvm;     /* --default-isolation microvm */
     const char *microvm_dir; /* --microvm-dir */
+    const char *gpus[64];    /* --gpu, repeatable */
+    size_t ngpus;
     int daemon;
 } opts;
 
@@ -68,6 +70,7 @@ static void usage(FILE *f)
             "                [--pool N]   (pre-set-up sandboxes for default creates, 0..64, "
             "default 2)\n"
             "                [--default-isolation container|microvm] [--microvm-dir DIR]\n"
+            "                [--gpu /dev/nvidiaN[=TYPE] | --gpu auto]...   (GPUs for sandboxes)\n"
             "       sandlotd --version\n");
 }
 
@@ -124,6 +127,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"output-cap", required_argument, NULL, 'O'},
         {"default-isolation", required_argument, NULL, 'I'},
         {"microvm-dir", required_argument, NULL, 'M'},
+        {"gpu", required_argument, NULL, 'G'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -203,6 +207,14 @@ static int parse_args(int argc, char **argv, opts *o)
             break;
         case 'M':
             o->microvm_dir = optarg;
+            break;
+        case 'G':
+            if (o->ngpus >= sizeof(o->gpus) / sizeof(o->gpus[0])) {
+                fprintf(stderr, "sandlotd: --gpu given more than %zu times\n",
+                        sizeof(o->gpus) / sizeof(o->gpus[0]));
+                return -1;
+            }
+            o->gpus[o->ngpus++] = optarg;
             break;
         case 'S':
             if (strcmp(optarg, "auto") == 0) {
@@ -456,6 +468,7 @@ static void free_runner(sl_runner *rt)
     free(rt->buckets);
     free(rt->pbuckets);
     sl_strv_free(rt->lost_ids, rt->nlost);
+    sl_gpu_free_all(rt);
     if (rt->token != NULL) {
         explicit_bzero(rt->token, rt->token_len);
         free(rt->token);
@@ -523,6 +536,11 @@ int main(int argc, char **argv)
         return 1;
     }
     sl_log_echo_stderr(1);
+    for (size_t i = 0; i < o.ngpus; i++)
+        if (sl_gpu_add(rt, o.gpus[i]) < 0) {
+            sl_gpu_free_all(rt);
+            return 1;
+        }
     int status = 1, notify = -1, pid_written = 0;
     struct event *sigs[3] = {NULL, NULL, NULL};
     char *init_path = NULL;

@@ -181,6 +181,10 @@ typedef struct sl_box {
     double res_cpu;                /* cores, as asked */
     sl_cgroup_limits limits;       /* memory, pids, cpu quota for the cgroup */
     unsigned long long disk_bytes; /* size of the writable layer's tmpfs */
+    unsigned gpu_want;             /* GPUs asked for (gpu.c) */
+    char *gpu_type;                /* of this type ("" any), or NULL */
+    int gpu_held;                  /* devices claimed: owner == id in rt->gpus */
+    struct sl_hold *gpu_term;      /* terminate answered once the GPUs are free */
     long long oom_seen;            /* OOM kills already attributed to a process */
     long long oom_kills;           /* the cgroup's OOM kill count when init was reaped */
     struct sl_s3 *s3;              /* S3 buckets mounted with s3fs (s3.c) */
@@ -208,8 +212,8 @@ const sl_cgroup_limits *sl_limits_cgroup(const sl_box *b); /* NULL: none */
 void sl_limits_proc_exited(sl_proc *p, int exit_code);     /* OOM attribution of a -9 */
 void sl_limits_box_reaped(sl_box *b); /* keep the OOM count before the cgroup goes */
 int sl_limits_box_oom(const sl_box *b);
-void sl_limits_pack(sl_resp *r, const sl_box *b); /* SandboxInfo "resources" */
-void sl_limits_pack_health(sl_resp *r);           /* health "limits" */
+void sl_limits_pack(sl_resp *r, const sl_box *b);                   /* SandboxInfo "resources" */
+void sl_limits_pack_health(sl_resp *r, const struct sl_runner *rt); /* health "limits" */
 
 /* ---- network: net.c, tunnel.c ---- */
 
@@ -334,7 +338,26 @@ typedef struct sl_runner {
     const char *vm_qemu;      /* qemu-system-x86_64 */
     char vm_why[512];         /* what is missing (vm_ok 0), or a note (tcg fallback) */
     unsigned long vm_tsc_khz; /* tcg: host TSC rate passed to guests (vm_probe.c) */
+    /* GPUs given with --gpu (sandboxes/gpu.c) */
+    struct sl_gpu *gpus;
+    size_t ngpus;
 } sl_runner;
+
+/* ---- GPUs handed to sandboxes: sandboxes/gpu.c ---- */
+typedef struct sl_gpu {
+    char *path;                /* its character device, e.g. /dev/nvidia0 */
+    char *type;                /* "A100" as given after '=', or "" */
+    char owner[SL_ID_LEN + 1]; /* the sandbox holding it, "" when free */
+} sl_gpu;
+int sl_gpu_add(sl_runner *rt, const char *spec); /* --gpu PATH[=TYPE] | auto; -1 logged */
+void sl_gpu_free_all(sl_runner *rt);
+int sl_gpu_parse(sl_box *b, const msgpack_object *v, const char *field, sl_err *e);
+int sl_gpu_claim(sl_box *b, sl_err *e); /* before spawn: 503 when not enough are free */
+void sl_gpu_release(sl_box *b);         /* idempotent */
+size_t sl_gpu_nbinds(const sl_box *b);  /* at most this many device binds */
+size_t sl_gpu_binds(const sl_box *b, sl_bind *out);
+void sl_gpu_pack_box(sl_resp *r, const sl_box *b);        /* resources "gpu" */
+void sl_gpu_pack_health(sl_resp *r, const sl_runner *rt); /* health limits "gpus" */
 
 /* ---- microVM tier: vm/vm_box.c ---- */
 void sl_vm_runner_init(sl_runner *rt);                             /* probe; logs what it found */

@@ -30,6 +30,8 @@ typedef struct sl_bind {
     const char *host_path;    /* absolute path on the host */
     const char *sandbox_path; /* absolute path inside; created if missing */
     int readonly;
+    int device; /* a character device (a GPU): bound without MS_NODEV, refused if it is not
+                   one */
 } sl_bind;
 
 typedef struct sl_sandbox_config {

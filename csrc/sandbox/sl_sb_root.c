@@ -145,6 +145,16 @@ void sl__child_build_root(child_ctx *c)
         if (!b->host_path || b->host_path[0] != '/' || !b->sandbox_path ||
             b->sandbox_path[0] != '/' || b->sandbox_path[strspn(b->sandbox_path, "/")] == '\0')
             sl__child_die(c, EINVAL, "bind %s", b->sandbox_path ? b->sandbox_path : "(null)");
+        if (b->device) {
+            struct stat st;
+
+            /* Only a device the runner was given goes in without nodev. */
+            if (stat(b->host_path, &st) < 0 || !S_ISCHR(st.st_mode))
+                sl__child_die(c, ENODEV, "device %s", b->host_path);
+            sl__child_bind(c, b->host_path, b->sandbox_path,
+                           MS_NOSUID | MS_NOEXEC | (b->readonly ? MS_RDONLY : 0));
+            continue;
+        }
         sl__child_bind(c, b->host_path, b->sandbox_path,
                        MS_NOSUID | MS_NODEV | (b->readonly ? MS_RDONLY : 0));
     }

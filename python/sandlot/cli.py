@@ -162,7 +162,14 @@ def _cmd_runner_status(args: argparse.Namespace) -> int:
     elif "rootless" in h:
         _out("mode:      root")
     lim = h.get("limits") or {}
-    _out("limits:    " + (", ".join(f"{k} {'enforced' if v else 'NOT enforced'}" for k, v in lim.items()) or "unknown"))
+    gpus = lim.pop("gpus", None) if isinstance(lim, dict) else None
+    _out("limits:    " + (", ".join(f"{k} {'enforced' if v else 'NOT enforced'}" for k, v in lim.items()
+                                    if k != "gpu") or "unknown"))
+    if isinstance(gpus, dict) and gpus.get("total"):
+        types = ", ".join(gpus.get("types") or []) or "untyped"
+        _out(f"gpus:      {gpus.get('free')} of {gpus.get('total')} free ({types})")
+    else:
+        _out("gpus:      none (sandlotd --gpu /dev/nvidiaN or --gpu auto gives sandboxes GPUs)")
     if lim and not all(v for k, v in lim.items() if k != "gpu"):
         _out("           (a sandbox asking for a limit that is NOT enforced is refused; docs/security.md)")
     net = h.get("network") or {}

@@ -17,7 +17,14 @@ size-capped writable layer:
   outside ``/tmp``, ``/run``, ``/var/tmp``, ``/dev/shm``, ``/root``, ``/home``
   and volumes land in it; when it is full writes fail with ENOSPC. It lives in
   memory (a tmpfs), so what is written also counts against ``memory``.
-* ``gpu``: validated, then refused: this runner gives no GPU to sandboxes.
+* ``gpu``: GPUs held for the sandbox's whole life: a count (``1``), a type
+  (``"A100"``, one of them) or type and count (``"A100:2"``, Modal's
+  spelling). Each is one of the devices the runner was started with
+  (``sandlotd --gpu /dev/nvidia0[=A100]`` or ``--gpu auto``), bound into the
+  sandbox's ``/dev`` with the vendor's control nodes; sandboxes that asked for
+  none have no GPU node. A runner without GPUs refuses the request (400); one
+  whose GPUs are all held refuses the create (503) until one ends. On a
+  cluster, placement counts them against each node's Ray ``GPU`` resource.
 
 ``memory_mb`` and ``disk_mb`` are accepted as other spellings of ``memory``
 and ``disk`` (MiB).
@@ -140,14 +147,37 @@ def _to_wire(d: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = _mib(k, d[k], 1)
     gpu = d.get("gpu")
     if gpu is not None and gpu is not False and gpu != 0:
-        if isinstance(gpu, bool) or not isinstance(gpu, (int, str)):
-            raise TypeError(f"resources.gpu must be a count (int) or a GPU type string, got {gpu!r}")
-        if isinstance(gpu, int) and gpu < 0:
-            raise ValueError(f"resources.gpu must be >= 0, got {gpu!r}")
-        raise ValueError(
-            f"resources.gpu={gpu!r}: this runner has no GPU to give a sandbox; remove the gpu request"
-        )
+        out["gpu"] = _gpu(gpu)
     return out
+
+
+_GPU_TYPE = re.compile(r"[A-Za-z0-9_.+-]{1,31}")
+
+
+def _gpu(gpu: Any) -> int | str:
+    """``gpu``: a count, ``"TYPE"`` or ``"TYPE:N"``, checked as the runner does."""
+    if isinstance(gpu, bool) or not isinstance(gpu, (int, str)):
+        raise TypeError(f"resources.gpu must be a count (int) or a GPU type string like 'A100' or 'A100:2', "
+                        f"got {gpu!r}")
+    if isinstance(gpu, int):
+        if not 0 <= gpu <= 64:
+            raise ValueError(f"resources.gpu must be between 0 and 64, got {gpu!r}")
+        return gpu
+    kind, sep, count = gpu.partition(":")
+    if not _GPU_TYPE.fullmatch(kind) or (sep and not (count.isdigit() and 1 <= int(count) <= 64)):
+        raise ValueError(f"resources.gpu must be a count, a GPU type ('A100') or type:count ('A100:2'), "
+                         f"got {gpu!r}")
+    return gpu
+
+
+def gpu_count(v: Any) -> int:
+    """How many GPUs a ``resources.gpu`` value (wire form) asks for."""
+    if v is None or v is False:
+        return 0
+    if isinstance(v, int):
+        return v
+    kind, sep, count = str(v).partition(":")
+    return int(count) if sep else 1
 
 
 def resources_wire(v: Any) -> dict[str, Any] | None:

@@ -215,7 +215,8 @@ class Sandbox:
                 ``mounted_files`` uses the same mechanism.
             resources: limits, a :class:`sandlot.ResourceOptions` or a dict with
                 ``cpu`` (cores), ``memory`` (MiB or ``"512Mi"``), ``pids``,
-                ``disk`` (writable layer, MiB or ``"1Gi"``); ``gpu`` is refused.
+                ``disk`` (writable layer, MiB or ``"1Gi"``), ``gpu`` (a count, ``"A100"`` or
+                ``"A100:2"``: devices the runner was given with ``--gpu``).
                 See :mod:`sandlot.resources`.
             s3_mounts: ``{"/path/inside": {"bucket": ..., "endpoint_url": ...,
                 "prefix": ..., "access_key_id": ..., "secret_access_key": ...,

@@ -61,7 +61,8 @@ def other(session):
 
 def test_health_says_which_limits_are_enforced(session):
     lim = session.health()["limits"]
-    assert lim == {"memory": True, "pids": True, "cpu": True, "disk": True, "gpu": False}
+    assert lim == {"memory": True, "pids": True, "cpu": True, "disk": True, "gpu": False,
+                   "gpus": {"total": 0, "free": 0, "types": []}}
 
 
 def test_resources_are_validated_before_anything_is_sent(session):
@@ -75,8 +76,8 @@ def test_resources_are_validated_before_anything_is_sent(session):
         ({"pids": 2.5}, TypeError, "must be an int"),
         ({"disk": -1}, ValueError, "between 1 MiB"),
         ({"memroy": 64}, ValueError, "unknown key.*'memroy'"),
-        ({"gpu": 1}, ValueError, "no GPU"),
-        ({"gpu": "A100"}, ValueError, "no GPU"),
+        ({"gpu": "A100:x"}, ValueError, "type:count"),
+        ({"gpu": 65}, ValueError, "between 0 and 64"),
         ({"gpu": 1.5}, TypeError, "count"),
         ({"memory": 64, "memory_mb": 64}, ValueError, "not both"),
         ([("memory", 64)], TypeError, "ResourceOptions or a dict"),
@@ -84,8 +85,11 @@ def test_resources_are_validated_before_anything_is_sent(session):
     for res, exc, msg in bad_values:
         with pytest.raises(exc, match=msg):
             Sandbox.create(resources=res, session=session)
-    with pytest.raises(ValueError, match="no GPU"):
-        ResourceOptions(gpu=1)
+    with pytest.raises(ValueError, match="type:count"):
+        ResourceOptions(gpu="A100:")
+    # A well-formed gpu request goes to the runner, which has none here.
+    with pytest.raises(sandlot.InvalidArgumentError, match="this runner has no GPU"):
+        Sandbox.create(resources={"gpu": "A100:2"}, session=session)
     with pytest.raises(ValueError, match="unknown key"):
         sandlot.RemoteFunction(len, session=session, resources={"ram": 1})
     assert ResourceOptions(cpu=1, memory="1Gi", pids=10, disk="512M").to_wire() == {

@@ -154,7 +154,7 @@ static void h_health(sl_req *r)
     sl_r_kbool(&resp, "rootless", rt->userns);
     sl_r_kint(&resp, "uid", (int64_t)geteuid());
     sl_r_str(&resp, "limits"); /* which resources limits this host enforces */
-    sl_limits_pack_health(&resp);
+    sl_limits_pack_health(&resp, rt);
     sl_r_str(&resp, "network"); /* nftables table and address pool (net.c) */
     sl_net_pack_health(&resp, rt);
     sl_r_str(&resp, "pool"); /* pre-set-up sandboxes (pool.c) */

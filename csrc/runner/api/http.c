@@ -100,13 +100,14 @@ static void send_resp(struct evhttp_request *req, int status, sl_resp *resp)
     evhttp_send_reply(req, status, reason(status), NULL);
 }
 
-static void error_resp(sl_resp *resp, int status, const char *msg)
+/* code: the protocol code; NULL for the one of the status. */
+static void error_resp(sl_resp *resp, int status, const char *code, const char *msg)
 {
     sl_resp_init(resp);
     sl_r_map(resp, 1);
     sl_r_str(resp, "error");
     sl_r_map(resp, 2);
-    sl_r_kstr(resp, "code", sl_err_code(status));
+    sl_r_kstr(resp, "code", code != NULL ? code : sl_err_code(status));
     sl_r_kstr(resp, "message", msg);
 }
 
@@ -125,7 +126,7 @@ void sl_reply(sl_req *r, int status, sl_resp *resp)
 void sl_reply_err(sl_req *r, const sl_err *e)
 {
     sl_resp resp;
-    error_resp(&resp, e->status, e->msg);
+    error_resp(&resp, e->status, e->code, e->msg);
     if (e->status >= 500)
         sl_warn("%s: %s", e->code, e->msg);
     sl_reply(r, e->status, &resp);
@@ -305,7 +306,7 @@ void sl_hold_error(sl_hold *h, int status, const char *fmt, ...)
     if (status >= 500)
         sl_warn("%s: %s", sl_err_code(status), msg);
     sl_resp resp;
-    error_resp(&resp, status, msg);
+    error_resp(&resp, status, NULL, msg);
     sl_hold_reply(h, status, &resp);
 }
 

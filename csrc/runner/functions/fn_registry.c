@@ -315,7 +315,9 @@ int sl_fn_parse(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err *e)
         sl_box *probe = calloc(1, sizeof(*probe));
         if (probe == NULL)
             return sl_err_set(e, 500, "out of memory");
+        probe->rt = rt; /* gpu: what this runner has */
         int rc = sl_limits_from_opts(probe, f->opts, f->opts_len, e);
+        free(probe->gpu_type);
         free(probe);
         if (rc < 0)
             return -1;

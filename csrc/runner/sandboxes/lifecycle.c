@@ -41,13 +41,19 @@ void sl_pack_box_reply(sl_resp *r, const sl_box *b)
     sl_pack_box(r, b);
 }
 
+/* {"sandbox": SandboxInfo}: the answer of create, get and terminate. */
+static void pack_box_resp(sl_resp *resp, const sl_box *b)
+{
+    sl_resp_init(resp);
+    sl_r_map(resp, 1);
+    sl_r_str(resp, "sandbox");
+    sl_pack_box(resp, b);
+}
+
 static void reply_box(sl_req *r, int status, const sl_box *b)
 {
     sl_resp resp;
-    sl_resp_init(&resp);
-    sl_r_map(&resp, 1);
-    sl_r_str(&resp, "sandbox");
-    sl_pack_box(&resp, b);
+    pack_box_resp(&resp, b);
     sl_reply(r, status, &resp);
 }
 
@@ -194,6 +200,12 @@ void sl_box_init_reaped(sl_box *b, int st)
     sl_limits_box_reaped(b);
     sl_sandbox_release(&b->sbx);
     sl_net_release(b);
+    sl_gpu_release(b); /* nothing of the sandbox can hold the device now */
+    while (b->gpu_term != NULL) {
+        sl_resp resp;
+        pack_box_resp(&resp, b);
+        sl_hold_reply(b->gpu_term, 200, &resp);
+    }
     sl_s3_release(b); /* unmount before the dir is removed */
     if (b->dir_made) {
         b->dir_made = 0;
@@ -219,10 +231,7 @@ void sl_box_entry_started(sl_box *b)
         return;
     sl_info("sandbox %s running (entry pid %d inside)", b->id, (int)entry->pid);
     sl_resp resp;
-    sl_resp_init(&resp);
-    sl_r_map(&resp, 1);
-    sl_r_str(&resp, "sandbox");
-    sl_pack_box(&resp, b);
+    pack_box_resp(&resp, b);
     sl_hold_reply(entry->start, 201, &resp);
 }
 
@@ -349,15 +358,22 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, int shell, 
             return sl_err_set(e, 400,
                               "mounts and S3 buckets are not available with isolation "
                               "'microvm' yet; use isolation 'container'");
+        if (b->gpu_want > 0)
+            return sl_err_set(e, 400,
+                              "GPUs are not passed into microVMs; use isolation 'container'");
         return sl_vm_start_box(b, e);
     }
     if (sl_store_rootfs(rt, b->image, &rootfs, e) < 0)
         goto out;
     if (b->snapshot != NULL && sl_snap_layers(rt, b->snapshot, &layers, &nlayers, e) < 0)
         goto out;
-    if (b->nvolumes + nextra + b->ns3 > 0) {
+    /* Held from here until init is reaped (or this create fails). */
+    if (sl_gpu_claim(b, e) < 0)
+        goto out;
+    size_t ngpu = sl_gpu_nbinds(b);
+    if (b->nvolumes + nextra + b->ns3 + ngpu > 0) {
         vpaths = calloc(b->nvolumes + 1, sizeof(*vpaths));
-        binds = calloc(b->nvolumes + nextra + b->ns3, sizeof(*binds));
+        binds = calloc(b->nvolumes + nextra + b->ns3 + ngpu, sizeof(*binds));
         if (vpaths == NULL || binds == NULL) {
             sl_err_set(e, 500, "calloc: out of memory");
             goto out;
@@ -407,6 +423,8 @@ static int start_box(sl_box *b, const sl_bind *extra, size_t nextra, int shell, 
         .disk_bytes = b->disk_bytes,
         .userns = rt->userns,
     };
+    if (ngpu > 0)
+        cfg.n_binds += sl_gpu_binds(b, binds + cfg.n_binds);
     if (sl_net_prepare(b, e) < 0)
         goto out;
     cfg.net = sl_net_config_of(b);
@@ -442,6 +460,8 @@ out:
         sl_net_release(b); /* a live one is released when init is reaped */
     if (rc < 0)
         sl_s3_release(b); /* before any rm -rf of the dir can reach a bucket */
+    if (rc < 0 && !b->alive)
+        sl_gpu_release(b);
     free(rootfs);
     sl_strv_free(layers, nlayers);
     if (vpaths != NULL) {
@@ -668,6 +688,16 @@ void sl_h_wait(sl_req *r)
     sl_hold_new(r, &b->waiters, t, on_wait_timeout, b);
 }
 
+/* A terminated GPU sandbox whose init is not reaped by then: answer anyway. */
+#define GPU_TERM_TIMEOUT 10.0
+
+static void on_gpu_term_timeout(sl_hold *h)
+{
+    sl_resp resp;
+    pack_box_resp(&resp, h->obj);
+    sl_hold_reply(h, 200, &resp);
+}
+
 void sl_h_terminate(sl_req *r)
 {
     sl_box *b = sl_req_box(r);
@@ -676,7 +706,13 @@ void sl_h_terminate(sl_req *r)
     sl_box_end(b, SL_B_TERMINATED);
     /* Answer everything now; init is reaped (and the record freed) later. */
     sl_box_finalise(b);
-    reply_box(r, 200, b);
+    if (b->gpu_held && b->alive)
+        /* Except this one: its GPUs are free only once init is reaped (its
+         * processes may hold the device until then), and a client that
+         * terminated one to start the next must find them free. */
+        sl_hold_new(r, &b->gpu_term, GPU_TERM_TIMEOUT, on_gpu_term_timeout, b);
+    else
+        reply_box(r, 200, b);
     sl_reg_hide(r->rt, b);
     sl_info("sandbox %s terminated", b->id);
     if (!b->alive)

@@ -1,4 +1,4 @@
-/* limits.c - a sandbox's "resources" (cpu, memory, pids, disk; gpu refused):
+/* limits.c - a sandbox's "resources" (cpu, memory, pids, disk; gpu in gpu.c):
  * parsing and validation for Sandbox.create and function workers, the
  * sl_sandbox_config fields they turn into, OOM-kill reporting, and which
  * limits this host can enforce (GET /v1/health). Enforcement itself is in
@@ -74,13 +74,11 @@ static int parse_map(sl_box *b, const msgpack_object *res, const char *field, sl
                               field, key);
         if (v->type == MSGPACK_OBJECT_NIL)
             continue;
-        /* Validated so a typo is not silently accepted, then refused: no
-         * GPU is ever passed into a sandbox by this runner. */
-        if (strcmp(key, "gpu") == 0)
-            return sl_err_set(e, 400,
-                              "field '%s.gpu': this runner has no GPU to give a sandbox; "
-                              "remove the gpu request",
-                              field);
+        if (strcmp(key, "gpu") == 0) {
+            if (sl_gpu_parse(b, v, field, e) < 0)
+                return -1;
+            continue;
+        }
         if (!num_of(v, &x))
             return sl_err_set(e, 400, "field '%s.%s' must be a number, got %s", field, key,
                               sl_msg_type_name(v));
@@ -234,7 +232,7 @@ void sl_limits_pack(sl_resp *r, const sl_box *b)
         return;
     }
     n = (b->res_cpu > 0) + (b->limits.memory_bytes > 0) + (b->limits.pids > 0) +
-        (b->disk_bytes > 0);
+        (b->disk_bytes > 0) + (b->gpu_want > 0);
     sl_r_map(r, n);
     if (b->res_cpu > 0)
         sl_r_kfloat(r, "cpu", b->res_cpu);
@@ -244,16 +242,20 @@ void sl_limits_pack(sl_resp *r, const sl_box *b)
         sl_r_kint(r, "pids", (int64_t)b->limits.pids);
     if (b->disk_bytes > 0)
         sl_r_kint(r, "disk", (int64_t)(b->disk_bytes / MIB));
+    if (b->gpu_want > 0)
+        sl_gpu_pack_box(r, b);
 }
 
-void sl_limits_pack_health(sl_resp *r)
+void sl_limits_pack_health(sl_resp *r, const sl_runner *rt)
 {
     unsigned bits = enforceable();
 
-    sl_r_map(r, 5);
+    sl_r_map(r, 6);
     sl_r_kbool(r, "memory", (bits & SL_CG_LIMIT_MEMORY) != 0);
     sl_r_kbool(r, "pids", (bits & SL_CG_LIMIT_PIDS) != 0);
     sl_r_kbool(r, "cpu", (bits & SL_CG_LIMIT_CPU) != 0);
     sl_r_kbool(r, "disk", (bits & LIMIT_DISK) != 0);
-    sl_r_kbool(r, "gpu", 0);
+    sl_r_kbool(r, "gpu", rt->ngpus > 0);
+    sl_r_str(r, "gpus"); /* gpu.c: total, free, types */
+    sl_gpu_pack_health(r, rt);
 }

@@ -156,6 +156,8 @@ void sl_box_free(sl_box *b)
     sl_reg_pid_del(b->rt, b);
     while (b->waiters != NULL)
         sl_hold_error(b->waiters, 500, "sandbox record removed");
+    while (b->gpu_term != NULL)
+        sl_hold_error(b->gpu_term, 500, "sandbox record removed");
     for (size_t i = 0; i < b->nprocs; i++)
         sl_proc_free(b->procs[i]);
     free(b->procs);
@@ -173,6 +175,8 @@ void sl_box_free(sl_box *b)
     free(b->vm_restore);
     free(b->vm_error);
     free(b->dir);
+    sl_gpu_release(b);
+    free(b->gpu_type);
     sl_net_free(b);
     free(b);
 }

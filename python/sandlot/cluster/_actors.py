@@ -91,6 +91,36 @@ def _leftover_cgroups(sandbox_ids: list[str], runner_pid: int) -> None:
                     pass
 
 
+def gpu_args(runner_args: list[str], node_gpus: float) -> list[str]:
+    """The runner's arguments on a node that declares ``node_gpus`` GPUs to Ray:
+    a node with none gets no ``--gpu`` (the cluster-wide arguments may name
+    devices that only the GPU nodes have); one with some gets ``--gpu auto``
+    (every /dev/nvidia<N>) unless the arguments name devices.
+
+    Example:
+        >>> gpu_args(["--gpu", "/dev/nvidia0", "--pool", "2"], 0)
+        ['--pool', '2']
+        >>> gpu_args(["--pool", "2"], 1)
+        ['--pool', '2', '--gpu', 'auto']
+    """
+    out: list[str] = []
+    named = False
+    skip = False
+    for a in runner_args:
+        if skip:
+            skip = False
+            continue
+        if a == "--gpu" or a.startswith("--gpu="):
+            named = True
+            if node_gpus <= 0:
+                skip = a == "--gpu"
+                continue
+        out.append(a)
+    if node_gpus > 0 and not named:
+        out += ["--gpu", "auto"]
+    return out
+
+
 class SandlotNode:
     """The runner of one Ray node (see the module docstring)."""
 
@@ -119,6 +149,8 @@ class SandlotNode:
         except OSError:
             leftovers = []
         binary = runner_binary()
+        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+        runner_args = gpu_args(list(runner_args or []), float((node.get("Resources") or {}).get("GPU", 0)))
         for attempt in range(5):
             self.port = _free_port(self.ip)
             self.cmd = [

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from .._calls import _Chunk, _collector, _submitted
 from .._direct import DirectChannel
+from ..resources import gpu_count
 from ._session import _convert, relay
 
 if TYPE_CHECKING:
@@ -140,7 +141,8 @@ class ClusterFunction:
             return False
         if mem and r.mem_total < mem:
             return False
-        return True
+        gpu = gpu_count(res.get("gpu"))
+        return not (gpu and r.gpu_total < gpu)
 
     def pools_ready(self, exclude: set[str] = frozenset()) -> list[_Pool]:  # type: ignore[assignment]
         """The registered pools on live eligible runners (registering where needed)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _core, errors
+from ..resources import gpu_count
 from ..session import Session
 
 _ID_KEYS = ("sandbox_id", "snapshot_id", "parent")
@@ -137,10 +138,10 @@ class _Runner:
         self.lock = threading.Lock()
         self.inflight: set[tuple[Any, Callable[..., bool]]] = set()
         # What runs there, as placement counts it: the last listing ({id: (cpu,
-        # MiB)}, running ones), plus this client's creates the listing may not
-        # show yet ([done time or None, cpu, MiB, id]), minus the sandboxes it
-        # terminated since ({id: time}).
-        self.listed: dict[str, tuple[float, float]] = {}
+        # MiB, gpus)}, running ones), plus this client's creates the listing may
+        # not show yet ([done time or None, cpu, MiB, id, gpus]), minus the
+        # sandboxes it terminated since ({id: time}).
+        self.listed: dict[str, tuple[float, float, float]] = {}
         self.local: list[list[Any]] = []
         self.gone: dict[str, float] = {}
         self.calls = 0  # function calls / map items this client has outstanding here
@@ -156,19 +157,26 @@ class _Runner:
     def mem_total(self) -> float:
         return float(self.resources.get("memory", 0.0)) / (1 << 20)
 
-    def _boxes(self) -> list[tuple[float, float]]:
+    @property
+    def gpu_total(self) -> float:
+        """The GPUs the node declares to Ray (``ray start --num-gpus``, or found by Ray)."""
+        return float(self.resources.get("GPU", 0.0))
+
+    def _boxes(self) -> list[tuple[float, float, float]]:
         out = [v for k, v in self.listed.items() if k not in self.gone]
-        out += [(x[1], x[2]) for x in self.local if x[3] not in self.listed and x[3] not in self.gone]
+        out += [(x[1], x[2], x[4]) for x in self.local if x[3] not in self.listed and x[3] not in self.gone]
         return out
 
     def load(self) -> int:
         with self.lock:
             return len(self._boxes())
 
-    def free(self) -> tuple[float, float]:
+    def free(self) -> tuple[float, float, float]:
+        """cpu, MiB and GPUs not reserved by the sandboxes running there."""
         with self.lock:
             boxes = self._boxes()
-        return (self.cpu_total - sum(b[0] for b in boxes), self.mem_total - sum(b[1] for b in boxes))
+        return (self.cpu_total - sum(b[0] for b in boxes), self.mem_total - sum(b[1] for b in boxes),
+                self.gpu_total - sum(b[2] for b in boxes))
 
     def listing(self, boxes: list[dict[str, Any]], sent: float) -> None:
         """Take a listing sent at ``sent`` (time.time()) as the new truth."""
@@ -176,7 +184,8 @@ class _Runner:
         for b in boxes:
             if b.get("status") == "running":
                 res = b.get("resources") or {}
-                listed[str(b.get("sandbox_id"))] = (float(res.get("cpu") or 0), float(res.get("memory") or 0))
+                listed[str(b.get("sandbox_id"))] = (float(res.get("cpu") or 0), float(res.get("memory") or 0),
+                                                    float(gpu_count(res.get("gpu"))))
         with self.lock:
             self.listed = listed
             # Creates answered before the listing was asked for are in it (or ended).
@@ -184,9 +193,10 @@ class _Runner:
             self.gone = {k: t for k, t in self.gone.items() if t >= sent}
 
     def describe(self) -> str:
-        cpu, mem = self.free()
-        return (f"{self.tag} ({self.ip}): {cpu:g}/{self.cpu_total:g} cpu, {mem:.0f}/{self.mem_total:.0f} MiB free, "
-                f"tiers {'/'.join(self.tiers)}")
+        cpu, mem, gpu = self.free()
+        gpus = f"{gpu:g}/{self.gpu_total:g} gpu, " if self.gpu_total else ""
+        return (f"{self.tag} ({self.ip}): {cpu:g}/{self.cpu_total:g} cpu, {mem:.0f}/{self.mem_total:.0f} MiB, "
+                f"{gpus}free, tiers {'/'.join(self.tiers)}")
 
     def lost_error(self, why: str) -> errors.NodeLostError:
         return errors.NodeLostError(

@@ -35,6 +35,7 @@ from typing import Any
 
 from .. import _core, errors
 from ..session import REQUEST_TIMEOUT, Session
+from ..resources import gpu_count
 from ._routing import Placement, _Runner, _tagger, parse_cluster_url, relay, split_id
 
 __all__ = ["ClusterSession", "Placement", "parse_cluster_url", "shutdown_cluster"]
@@ -371,13 +372,15 @@ class ClusterSession(Session):
             raise self._no_runner(what)
         cpu = float(res.get("cpu") or 0)
         mem = float(res.get("memory") or 0)
+        gpu = gpu_count(res.get("gpu"))
         fits = []
         for r in cands:
-            fc, fm = r.free()
-            if (cpu == 0 or fc >= cpu - 1e-9) and (mem == 0 or fm >= mem):
+            fc, fm, fg = r.free()
+            if (cpu == 0 or fc >= cpu - 1e-9) and (mem == 0 or fm >= mem) and (gpu == 0 or fg >= gpu - 1e-9):
                 fits.append(r)
         if not fits:
-            raise self._no_runner(f"{what} needing {cpu:g} cpu and {mem:.0f} MiB memory free")
+            gpus = f" and {gpu} GPU(s)" if gpu else ""
+            raise self._no_runner(f"{what} needing {cpu:g} cpu, {mem:.0f} MiB memory{gpus} free")
         near = [r for r in fits if r.tag in prefer]
         pool = near or fits
         turn = next(self._core.rr)
@@ -558,7 +561,7 @@ class ClusterSession(Session):
         if image_nodes and r.tag not in image_nodes:
             self._copy_image(image, image_nodes, r)
         res = body.get("resources") or {}
-        mine = [None, float(res.get("cpu") or 0), float(res.get("memory") or 0), None]
+        mine = [None, float(res.get("cpu") or 0), float(res.get("memory") or 0), None, float(gpu_count(res.get("gpu")))]
         with r.lock:
             r.local.append(mine)
         try:

@@ -35,6 +35,8 @@ SEEDS = {
     "create-s3": {"cmd": ["true"], "s3_mounts": [{"bucket": "b", "mount_path": "/s3", "endpoint": "http://127.0.0.1:9",
                                                   "read_only": True, "credentials": {"AWS_ACCESS_KEY_ID": "k"}}]},
     "create-bad-types": {"cmd": "not-a-list", "timeout": "soon", "env": ["A=1"], "resources": {"memory": -1}},
+    "create-gpu": {"cmd": ["true"], "resources": {"gpu": "T4:2", "cpu": 1}},
+    "create-gpu-count": {"cmd": ["true"], "resources": {"gpu": 1}},
     "create-microvm": {"cmd": ["true"], "isolation": "microvm", "resources": {"cpu": 2, "memory": "512Mi"}},
     "create-output": {"cmd": ["true"], "output_policy": "block", "output_keep": 65536},
     "exec": {"cmd": ["echo", "x"], "env": {"K": "V"}, "workdir": "/"},
