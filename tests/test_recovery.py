@@ -116,6 +116,23 @@ def test_a_call_running_when_the_runner_dies_says_so(embedded: sandlot.Session) 
     assert sleep.remote(0).result() is None
 
 
+def test_a_direct_call_running_when_the_runner_dies_says_so(embedded: sandlot.Session) -> None:
+    """Calls sent straight to a leased worker (_direct.py) say the same as
+    calls through the runner when the runner dies under them."""
+    sleep = sandlot.RemoteFunction(time.sleep, session=embedded)
+    deadline = time.monotonic() + 30
+    while sleep._direct.channel is None:  # the first calls start a worker; later ones lease it
+        assert sleep.remote(0).result() is None
+        assert time.monotonic() < deadline, "no worker was ever leased"
+    ref = sleep.remote(60)
+    assert sleep._direct.channel is not None and not sleep._direct.channel.idle  # it went direct
+    time.sleep(0.5)
+    threading.Thread(target=kill_runner, args=(embedded,)).start()
+    with pytest.raises(sandlot.RunnerExitedError, match="the runner exited while this call was running"):
+        ref.result(timeout=60)
+    assert sleep.remote(0).result() is None
+
+
 def test_a_wait_in_flight_when_the_runner_dies_says_so(embedded: sandlot.Session) -> None:
     sb = Sandbox.create(timeout=60, session=embedded)
     p = sb.exec(["sleep", "60"])

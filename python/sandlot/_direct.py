@@ -87,6 +87,7 @@ class DirectChannel:
         self._seq = 0
         self._closed = False
         self._release = False  # hand the worker back once nothing is in flight
+        self.runner_id: str | None = None  # set by DirectState (see _runner_gone)
         self.pid = os.getpid()
         self._thread = threading.Thread(target=self._read, name="sandlot-direct", daemon=True)
         self._thread.start()
@@ -248,6 +249,17 @@ class DirectChannel:
         crashed = {"status": "crashed",
                    "message": "the worker running this call died (a crash, os._exit, or the sandbox "
                               "being killed); the pool replaced it"}
+        gone = self._runner_gone() if left and not bye and not bad else None
+        if gone is not None:
+            # The worker died with its runner: say so, as a call through the
+            # runner does (RunnerExitedError), not that the function crashed.
+            for i, (_, p, _payload, _fallback) in enumerate(left):
+                if isinstance(p, _core.Promise):
+                    if not p.done():
+                        p.complete(503, _core.packb({"error": {"code": "runner_exited", "message": gone}}))
+                elif p.ncancel != p.n:
+                    p.fail(503, "runner_exited", gone)
+            return
         if bad:
             # Not a worker we can trust with the next call: the runner ends it.
             self._cancel(self._client, self._fid, self.worker)
@@ -272,6 +284,22 @@ class DirectChannel:
                 p.done(dict(crashed))
             else:
                 self._resend_chunk(p, fallback)
+
+    def _runner_gone(self) -> str | None:
+        """Why the worker's runner is gone (it exited, or another one answers
+        now), or None when it still runs."""
+        if self.runner_id is None:
+            return None
+        try:
+            rid = self._client.request("GET", "/v1/health", timeout=5.0).result().get("runner_id")
+        except Exception as exc:  # noqa: BLE001 - any failure to reach it
+            if getattr(exc, "status", None) not in (0, None, 503):
+                return None  # it answered: it runs
+            return f"the runner exited while this call was running (its worker went with it: {exc})"
+        if rid != self.runner_id:
+            return (f"the runner exited while this call was running (its worker went with it; "
+                    f"runner {rid} answers now, the call ran on {self.runner_id})")
+        return None
 
     def _deliver(self, kind: int, seq: int, data: bytes) -> bool:
         """Complete the running call; False if seq is not the running call's
@@ -326,9 +354,12 @@ class DirectChannel:
 class DirectState:
     """Per RemoteFunction: its channel, and when a lease may next be tried."""
 
-    __slots__ = ("channel", "extras", "next_try", "lock")
+    __slots__ = ("channel", "extras", "next_try", "lock", "runner_id")
 
-    def __init__(self) -> None:
+    def __init__(self, runner_id: str | None = None) -> None:
+        # The runner the function is registered with: a leased worker that
+        # dies with that runner fails its call as "runner exited".
+        self.runner_id = runner_id
         self.channel: DirectChannel | None = None
         self.extras: list[DirectChannel] = []  # the rest of the pool, leased by a map()
         self.next_try = 0.0
@@ -348,6 +379,8 @@ class DirectState:
             if ch is not None and ch.usable:
                 return ch
             ch = DirectChannel.open(client, fid, direct_dir)
+            if ch is not None:
+                ch.runner_id = self.runner_id
             self.channel = ch
             if ch is None:
                 self.next_try = time.monotonic() + _RETRY_S
@@ -373,6 +406,7 @@ class DirectState:
                 c = DirectChannel.open(client, fid, direct_dir)
                 if c is None:
                     break
+                c.runner_id = self.runner_id
                 chans.append(c)
             if len(chans) < want:
                 for c in chans:

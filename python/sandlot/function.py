@@ -539,7 +539,7 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
                              _qualname(self._fn), rid, self._fn_id, self._reg_runner)
                 resp = sess.request("POST", "/v1/functions", self._registration()).result()
                 self._direct.release()
-                self._direct = DirectState()
+                self._direct = DirectState(rid)
                 self._direct_dir = _local_direct_dir(sess, resp["function"].get("direct_dir"))
                 self._fn_id = resp["function"]["function_id"]
                 self._reg_session = sess
