@@ -24,19 +24,10 @@
 
 #include "sl_mpcheck.h"
 
+#include "fuzz_check.h"
+
 /* msgpack-c 4.0.0's C unpacker has a fixed stack of 32 containers. */
 #define MSGPACKC_DEPTH 32
-
-static void must(int cond, const char *what, const uint8_t *data, size_t size)
-{
-    if (cond)
-        return;
-    fprintf(stderr, "property violated: %s; input (%zu bytes):", what, size);
-    for (size_t i = 0; i < size && i < 64; i++)
-        fprintf(stderr, " %02x", data[i]);
-    fputc('\n', stderr);
-    abort();
-}
 
 static int check(const uint8_t *data, size_t size, unsigned depth, char *err, size_t errlen)
 {

@@ -35,18 +35,9 @@
 #include "sl_runner.h"
 #include "sl_snap.h" /* sl_mounts_parse */
 
-static sl_runner rt;
+#include "fuzz_check.h"
 
-static void must(int cond, const char *what, const uint8_t *data, size_t size)
-{
-    if (cond)
-        return;
-    fprintf(stderr, "property violated: %s; input (%zu bytes):", what, size);
-    for (size_t i = 0; i < size && i < 64; i++)
-        fprintf(stderr, " %02x", data[i]);
-    fputc('\n', stderr);
-    abort();
-}
+static sl_runner rt;
 
 static void setup(void)
 {
