@@ -89,15 +89,21 @@ def test_a_request_that_never_reached_the_runner_is_resent_once(embedded: sandlo
     assert embedded.health()["ok"]
 
 
-def test_a_function_registers_again_with_the_new_runner(embedded: sandlot.Session) -> None:
+def test_a_function_keeps_its_id_or_registers_again_with_the_new_runner(embedded: sandlot.Session) -> None:
     fn = sandlot.RemoteFunction(abs, session=embedded)
     assert fn.remote(-3).result() == 3
     old_id = fn.function_id
     kill_runner(embedded)
     assert fn.remote(-4).result() == 4  # remote() itself starts the runner
-    assert fn.function_id != old_id
+    # The new runner kept the registration (fn_persist.c): same id.
+    assert fn.function_id == old_id
+    assert embedded.request("GET", f"/v1/functions/{old_id}").result()["function"]["name"] == "abs"
+    # A runner that lost it (its store removed while none ran): registered again.
     kill_runner(embedded)
+    assert embedded.runtime_paths is not None
+    shutil.rmtree(embedded.runtime_paths.state_dir / "functions")
     assert [r.result() for r in fn.map([(-1,), (-2,), (5,)])] == [1, 2, 5]
+    assert fn.function_id != old_id
 
 
 def test_a_call_running_when_the_runner_dies_says_so(embedded: sandlot.Session) -> None:

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "sl_common.h"
+#include "sl_fn.h" /* sl_fn_persist_load */
 #include "sl_log.h"
 #include "sl_oci.h"
 #include "sl_runner.h"
@@ -635,6 +636,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    sl_fn_persist_load(rt); /* before the first request can name one */
     if (sl_http_start(rt, o.listen) < 0)
         goto out;
     if (sl_pool_start(rt) < 0) {

@@ -534,10 +534,12 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
             health = sess.health()  # starts the embedded runner if needed
             rid = health.get("runner_id")
             if self._fn_id is None or self._reg_session is not sess or rid != self._reg_runner:
-                if self._fn_id is not None:
-                    log.info("registering %s again with the new runner %s (was %s on %s)",
-                             _qualname(self._fn), rid, self._fn_id, self._reg_runner)
-                resp = sess.request("POST", "/v1/functions", self._registration()).result()
+                resp = self._kept(sess, rid)
+                if resp is None:
+                    if self._fn_id is not None:
+                        log.info("registering %s again with the new runner %s (was %s on %s)",
+                                 _qualname(self._fn), rid, self._fn_id, self._reg_runner)
+                    resp = sess.request("POST", "/v1/functions", self._registration()).result()
                 self._direct.release()
                 self._direct = DirectState(rid)
                 self._direct_dir = _local_direct_dir(sess, resp["function"].get("direct_dir"))
@@ -546,6 +548,19 @@ class RemoteFunction(_MapMixin, Generic[P, R]):
                 self._reg_runner = rid
             self._reg_gen = gen
             return sess, self._fn_id
+
+    def _kept(self, sess: Session, rid: Any) -> dict[str, Any] | None:
+        """A runner that replaced the one this function was registered with
+        on the same state dir keeps its registrations (fn_persist.c): the
+        same id then works, with no new registration. None if it has not."""
+        if self._fn_id is None or self._reg_session is not sess:
+            return None
+        try:
+            resp = sess.request("GET", f"/v1/functions/{self._fn_id}").result()
+        except errors.NotFoundError:
+            return None
+        log.info("the new runner %s kept %s as %s", rid, _qualname(self._fn), self._fn_id)
+        return resp  # type: ignore[no-any-return]
 
     @property
     def function_id(self) -> str:

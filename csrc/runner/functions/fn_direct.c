@@ -34,6 +34,11 @@ void sl_fn_direct_init(sl_runner *rt, sl_fn *f)
     int m = snprintf(dir, sizeof(dir), "%s/direct/%s", rt->state_dir, f->id);
     if (n < 0 || m < 0 || (size_t)m >= sizeof(dir))
         return;
+    /* A registration kept across a restart (fn_persist.c) may find the dir
+     * its earlier runner left, with stale sockets: start it afresh. */
+    int rc = sl_rm_rf(dir);
+    if (rc < 0)
+        sl_warn("function %s: cannot clear %s: %s", f->id, dir, strerror(-rc));
     if ((mkdir(top, 0700) < 0 && errno != EEXIST) || mkdir(dir, 0700) < 0) {
         sl_warn("function %s: no direct socket dir (%s: %s); calls go through the runner", f->id,
                 dir, strerror(errno));

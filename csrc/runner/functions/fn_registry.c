@@ -82,6 +82,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
                 sl_info("function %s (%s) forgotten after %.0f s unused", f->id,
                         f->name != NULL ? f->name : "?", now - f->last_used);
                 f->deleted = 1;
+                sl_fn_persist_forget(g.rt, f);
             }
         }
         if (f->deleted && f->nworkers == 0 && f->queue.n == 0) {
@@ -326,34 +327,54 @@ int sl_fn_parse(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err *e)
     return sl_s3_pack(body, &f->s3, &f->s3_len, e);
 }
 
-void sl_h_fn_create(sl_req *r)
+sl_fn *sl_fn_add(sl_runner *rt, const char *id, const msgpack_object *body, double created_at,
+                 sl_err *e)
 {
-    sl_runner *rt = r->rt;
     if (ensure_sweep(rt) < 0) {
-        sl_reply_error(r, 500, "cannot start the function sweep timer (libevent)");
-        return;
+        sl_err_set(e, 500, "cannot start the function sweep timer (libevent)");
+        return NULL;
     }
     sl_fn *f = calloc(1, sizeof(*f));
     if (f == NULL) {
-        sl_reply_error(r, 500, "out of memory");
-        return;
+        sl_err_set(e, 500, "out of memory");
+        return NULL;
     }
-    sl_err e;
-    memcpy(f->id, "fn-", 3);
-    if (sl_random_hex(f->id + 3, 16) < 0) {
-        free(f);
-        sl_reply_error(r, 500, "getrandom failed");
-        return;
+    if (id != NULL) {
+        snprintf(f->id, sizeof(f->id), "%s", id);
+    } else {
+        memcpy(f->id, "fn-", 3);
+        if (sl_random_hex(f->id + 3, 16) < 0) {
+            free(f);
+            sl_err_set(e, 500, "getrandom failed");
+            return NULL;
+        }
     }
-    if (sl_fn_parse(rt, f, r->body, &e) < 0) {
+    if (sl_fn_parse(rt, f, body, e) < 0) {
         sl_fn_free(f);
-        sl_reply_err(r, &e);
-        return;
+        return NULL;
     }
-    f->created_at = f->last_used = sl_now();
+    f->created_at = created_at;
+    f->last_used = sl_now();
     sl_fn_direct_init(rt, f);
     f->next = g.fns;
     g.fns = f;
+    return f;
+}
+
+void sl_h_fn_create(sl_req *r)
+{
+    sl_err e;
+    sl_fn *f = sl_fn_add(r->rt, NULL, r->body, sl_now(), &e);
+    if (f == NULL) {
+        sl_reply_err(r, &e);
+        return;
+    }
+    /* Durable before it is acknowledged: a runner that restarts knows it. */
+    if (sl_fn_persist_save(r->rt, f, r->body, &e) < 0) {
+        f->deleted = 1; /* freed by the sweep */
+        sl_reply_err(r, &e);
+        return;
+    }
     sl_info("function %s (%s) registered: up to %zu workers, image %s", f->id,
             f->name != NULL ? f->name : "?", f->max_workers, f->image != NULL ? f->image : "host");
     sl_fn_pump(f); /* starts min_workers */
@@ -398,6 +419,7 @@ void sl_h_fn_delete(sl_req *r)
     if (f == NULL)
         return;
     f->deleted = 1; /* first: no pump may start workers while it goes */
+    sl_fn_persist_forget(r->rt, f);
     sl_fn_retire_all(f);
     while (f->queue.head != NULL)
         sl_call_fail(f->queue.head, SL_CO_CANCELLED, "the function was deleted");

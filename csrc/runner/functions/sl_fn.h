@@ -149,6 +149,10 @@ sl_fn *sl_fn_find(const char *id);
 /* A registration body into f (not yet listed); 0, or -1 with e set. */
 int sl_fn_parse(sl_runner *rt, sl_fn *f, const msgpack_object *body, sl_err *e);
 void sl_fn_free(sl_fn *f); /* one that is on no list */
+/* Parse body into a new listed function with this id (NULL: a new random
+ * one) and creation time; NULL with e set. */
+sl_fn *sl_fn_add(sl_runner *rt, const char *id, const msgpack_object *body, double created_at,
+                 sl_err *e);
 sl_fn *sl_fn_first(void);
 void sl_fn_touch(sl_fn *f);
 void sl_h_fn_create(sl_req *r);
@@ -156,6 +160,11 @@ void sl_h_fn_list(sl_req *r);
 void sl_h_fn_get(sl_req *r);
 void sl_h_fn_delete(sl_req *r);
 void sl_fn_shutdown(sl_runner *rt);
+
+/* fn_persist.c: registrations kept in <state>/functions across restarts */
+int sl_fn_persist_save(sl_runner *rt, const sl_fn *f, const msgpack_object *body, sl_err *e);
+void sl_fn_persist_forget(sl_runner *rt, const sl_fn *f); /* deleted or forgotten */
+void sl_fn_persist_load(sl_runner *rt);                   /* at start */
 
 /* fn_profiles.c */
 void sl_h_profile_create(sl_req *r);
